@@ -1,0 +1,1 @@
+"""A small synthetic CT-like dataset and the demo that distils a teacher into a student on it."""

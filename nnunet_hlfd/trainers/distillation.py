@@ -1,0 +1,224 @@
+"""The distillation trainer: the student plan plus a frozen teacher and a method's losses in every step.
+
+Everything nnU-Net does stays nnU-Net's: data, augmentation, deep supervision, validation, export. This
+class adds the teacher (checked before anything is written), feature capture on both networks, the
+method's adapters (optimised, clipped and checkpointed with the student, DDP-wrapped on their own), the
+distillation terms in ``train_step`` and their per-epoch logging. A method is chosen by ``build_method``.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt  # nnU-Net's logger has already selected the Agg backend
+import numpy as np
+import torch
+import torch.distributed as dist
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunet_hlfd.adapters import count_parameters
+from nnunet_hlfd.errors import TeacherMismatchError
+from nnunet_hlfd.methods import DistillationMethod, Distiller
+from nnunet_hlfd.methods.base import valid_masks
+from nnunet_hlfd.teacher import TeacherSpec, check_teacher, read_teacher
+from nnunet_hlfd.trainers.student import TEACHER_RECORD_FILE, nnUNetTrainerStudent
+
+CHECKPOINT_KEY = "distillation"
+GRAD_CLIP = 12  # nnU-Net's
+
+
+class nnUNetTrainerDistillation(nnUNetTrainerStudent):
+    """Base class of the KD trainers; a subclass only says which method it trains with."""
+
+    def build_method(self, options: dict) -> DistillationMethod:
+        raise NotImplementedError(f"{type(self).__name__} must define build_method")
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.method = self.build_method(self.hlfd_options)
+        self.distiller = Distiller(self.method, regions=self.label_manager.has_regions)
+        self.kd_log_keys = [f"kd_{name}" for name in self.method.term_names] + ["kd_total"]
+        self._add_log_keys()
+
+    def _teacher_configuration(self, spec: TeacherSpec, plans: dict, own: dict, dataset_json: dict, fold) -> dict:
+        self.teacher_model = read_teacher(spec)
+        check_teacher(self.teacher_model, plans, own, dataset_json, fold)
+        return self.teacher_model.configuration_dict()
+
+    # ---- set-up --------------------------------------------------------------------------------------------
+    def _do_i_compile(self) -> bool:
+        # nnU-Net asks this right after building self.network and before compiling and DDP-wrapping it: the
+        # one point where forward hooks can be attached ahead of torch.compile.
+        if self.network is not None and self.distiller.student_recorder is None:
+            self.distiller.attach_student(self.network, self.label_manager.num_segmentation_heads)
+            if self.distiller.adapters is not None:
+                self.distiller.adapters.to(self.device)
+        # Compilation of hooked students is not verified yet: only when asked for explicitly.
+        return super()._do_i_compile() and self._compile_requested()
+
+    @staticmethod
+    def _compile_requested() -> bool:
+        return os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t")
+
+    def configure_optimizers(self):
+        optimizer, lr_scheduler = super().configure_optimizers()
+        if count_parameters(self.distiller.adapters):
+            # same SGD settings; PolyLRScheduler sets the lr of every param group
+            optimizer.add_param_group({"params": list(self.distiller.adapters.parameters())})
+        return optimizer, lr_scheduler
+
+    def _after_network_built(self) -> None:
+        self.distiller.attach_teacher(self.teacher_model.build_network(self.device))
+        self.teacher_model.network_weights = None  # built; no second copy in memory
+        if self.is_ddp and count_parameters(self.distiller.adapters):
+            device_ids = [self.local_rank] if self.device.type == "cuda" else None
+            self.distiller.adapters = DDP(self.distiller.adapters, device_ids=device_ids)
+
+    def _parameter_report(self) -> str:
+        teacher = count_parameters(self.distiller.teacher)
+        student = count_parameters(self.student_network())
+        adapters = count_parameters(self.distiller.adapters)
+        return (
+            f"Teacher: {self.teacher_spec.describe()}\n"
+            f"Teacher parameters: {teacher:,}; student parameters: {student:,} (width {self.hlfd_options['width']}); "
+            f"student/teacher ratio: {student / teacher:.3f}; trainable adapter parameters: {adapters:,}"
+        )
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.local_rank == 0:
+            record = {"spec": self.teacher_spec.as_record(), "teacher": self.teacher_model.record()}
+            (Path(self.output_folder) / TEACHER_RECORD_FILE).write_text(json.dumps(record, indent=2))
+
+    # ---- the step ----------------------------------------------------------------------------------------
+    def _trainable_parameters(self) -> list[torch.nn.Parameter]:
+        params = list(self.network.parameters())
+        if self.distiller.adapters is not None:
+            params += list(self.distiller.adapters.parameters())
+        return params
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = (
+            [t.to(self.device, non_blocking=True) for t in target]
+            if isinstance(target, list)
+            else target.to(self.device)
+        )
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            teacher = self.distiller.run_teacher(data)
+            with self.distiller.student_recording():
+                output = self.network(data)
+            seg_loss = self.loss(output, target)
+            targets = target if isinstance(target, list) else [target]
+            valid = valid_masks(
+                targets, self.distiller.n_stages, self.label_manager.ignore_label, self.label_manager.has_regions
+            )
+            terms = self.distiller.losses(output, teacher, valid)
+            loss = seg_loss + terms["total"]
+
+        params = self._trainable_parameters()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+            self.optimizer.step()
+        logged = {f"kd_{name}": terms[name] for name in self.method.term_names} | {"kd_total": terms["total"]}
+        return {"loss": loss.detach().cpu().numpy(), **{k: v.detach().cpu().numpy() for k, v in logged.items()}}
+
+    # ---- logging -----------------------------------------------------------------------------------------
+    def _add_log_keys(self) -> None:
+        """nnU-Net's logger accepts only known keys, one value per epoch: pad keys a checkpoint lacks."""
+        log = self.logger.local_logger.my_fantastic_logging
+        epochs = len(log["train_losses"])
+        for key in self.kd_log_keys:
+            log.setdefault(key, [])
+            log[key] += [float("nan")] * (epochs - len(log[key]))
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        means = {}
+        for key in self.kd_log_keys:
+            values = np.array([o[key] for o in train_outputs], dtype=np.float64)
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, values)
+                values = np.concatenate(gathered)
+            means[key] = float(values.mean())
+            self.logger.log(key, means[key], self.current_epoch)
+        self.print_to_log_file("distillation terms: " + ", ".join(f"{k[3:]} {v:.4f}" for k, v in means.items()))
+
+    def on_epoch_end(self) -> None:
+        super().on_epoch_end()
+        if self.local_rank == 0:
+            self._plot_kd_progress()
+
+    def _plot_kd_progress(self) -> None:
+        log = self.logger.local_logger.my_fantastic_logging
+        fig, ax = plt.subplots(figsize=(10, 6))
+        for key in self.kd_log_keys:
+            ax.plot(range(len(log[key])), log[key], label=key[3:], linewidth=2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("distillation term (unweighted; total is weighted)")
+        ax.set_yscale("log")
+        ax.legend()
+        ax.set_title(f"{type(self).__name__}: distillation terms per epoch")
+        fig.tight_layout()
+        fig.savefig(Path(self.output_folder) / "kd_progress.png")
+        plt.close(fig)
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    def _unwrapped_adapters(self):
+        adapters = self.distiller.adapters
+        return adapters.module if isinstance(adapters, DDP) else adapters
+
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return
+        # nnU-Net's checkpoint plus one key; network_weights stays student-only so stock predict loads it
+        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+        adapters = self._unwrapped_adapters()
+        checkpoint[CHECKPOINT_KEY] = {
+            "method": self.method.name,
+            "options": self.hlfd_options,
+            "teacher": self.teacher_model.record(),
+            "adapters": adapters.state_dict() if adapters is not None else None,
+        }
+        torch.save(checkpoint, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: str | dict) -> None:
+        # nnunetv2 2.8.1 cannot load from a dict (UnboundLocalError), so always go through the path
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        state = checkpoint.get(CHECKPOINT_KEY)
+        if state is None:
+            raise TeacherMismatchError(
+                f"{filename_or_checkpoint} has no distillation state: it was not written by a distillation trainer."
+            )
+        if state["teacher"]["sha256"] != self.teacher_model.sha256:
+            raise TeacherMismatchError(
+                f"The teacher checkpoint {self.teacher_spec.checkpoint_path} has changed since this student was "
+                f"trained from it (sha256 {state['teacher']['sha256'][:12]}… then, {self.teacher_model.sha256[:12]}… "
+                "now). Resuming would mix two teachers: restore that teacher or train into a new results folder."
+            )
+        adapters = self._unwrapped_adapters()
+        if adapters is not None:
+            adapters.load_state_dict(state["adapters"])
+        self._add_log_keys()
