@@ -1,0 +1,121 @@
+"""Shared helpers: small nnU-Net U-Nets and plans, built the way nnU-Net builds them."""
+
+import copy
+
+import pytest
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from torch import nn
+
+STRIDES = {
+    3: [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],  # anisotropic first pooling, as nnU-Net plans it
+    2: [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2]],
+}
+PATCH = {3: (8, 16, 16), 2: (32, 32)}
+
+
+def make_unet(dim: int, base: int, residual: bool = False, num_classes: int = 3, in_channels: int = 1) -> nn.Module:
+    strides = STRIDES[dim]
+    n = len(strides)
+    conv = nn.Conv3d if dim == 3 else nn.Conv2d
+    norm = nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d
+    common = dict(
+        input_channels=in_channels,
+        n_stages=n,
+        features_per_stage=[base * 2**i for i in range(n)],
+        conv_op=conv,
+        kernel_sizes=[[3] * dim] * n,
+        strides=strides,
+        num_classes=num_classes,
+        n_conv_per_stage_decoder=[1] * (n - 1),
+        conv_bias=True,
+        norm_op=norm,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True},
+        deep_supervision=True,
+    )
+    if residual:
+        return ResidualEncoderUNet(n_blocks_per_stage=[1] * n, **common)
+    return PlainConvUNet(n_conv_per_stage=[2] * n, **common)
+
+
+def tiny_plans(dataset_name: str = "Dataset990_HLFDSynthetic", n_stages: int = 4) -> dict:
+    """Plans in nnU-Net 2.8.1's format for a 16x32x32 CT dataset (as its planner writes them)."""
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]][:n_stages]
+    configuration = {
+        "data_identifier": "nnUNetPlans_3d_fullres",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": [16, 32, 32],
+        "median_image_size_in_voxels": [16.0, 32.0, 32.0],
+        "spacing": [2.0, 0.8, 0.8],
+        "normalization_schemes": ["CTNormalization"],
+        "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {
+                "n_stages": n_stages,
+                "features_per_stage": [8 * 2**i for i in range(n_stages)],
+                "conv_op": "torch.nn.modules.conv.Conv3d",
+                "kernel_sizes": [[1, 3, 3]] + [[3, 3, 3]] * (n_stages - 1),
+                "strides": strides,
+                "n_conv_per_stage": [2] * n_stages,
+                "n_conv_per_stage_decoder": [2] * (n_stages - 1),
+                "conv_bias": True,
+                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                "dropout_op": None,
+                "dropout_op_kwargs": None,
+                "nonlin": "torch.nn.LeakyReLU",
+                "nonlin_kwargs": {"inplace": True},
+            },
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+        },
+        "batch_dice": False,
+    }
+    return {
+        "dataset_name": dataset_name,
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [2.0, 0.8, 0.8],
+        "original_median_shape_after_transp": [16, 32, 32],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": configuration},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            "0": {"max": 200.0, "mean": 46.7, "median": 47.8, "min": -121.4, "percentile_00_5": -70.1,
+                  "percentile_99_5": 159.2, "std": 45.7}
+        },
+    }
+
+
+TINY_DATASET_JSON = {
+    "channel_names": {"0": "CT"},
+    "labels": {"background": 0, "organ": 1, "tumour": 2},
+    "numTraining": 6,
+    "file_ending": ".nii.gz",
+}
+
+
+@pytest.fixture
+def plans():
+    return copy.deepcopy(tiny_plans())
+
+
+@pytest.fixture
+def dataset_json():
+    return copy.deepcopy(TINY_DATASET_JSON)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
