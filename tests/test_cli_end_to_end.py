@@ -1,0 +1,202 @@
+"""The whole workflow through nnU-Net's own commands on a tiny synthetic 3D dataset, on CPU.
+
+plan and preprocess -> teacher -> student alone -> HLFD student -> resume -> predict -> evaluate.
+One teacher is trained for the whole module; every student uses nnU-Net's stock CLI.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
+from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
+
+DATASET_ID = 990
+DATASET = "Dataset990_HLFDSynthetic"
+CONFIG = "3d_fullres"
+TEACHER = "nnUNetTrainerHLFDTeacher_debug"
+
+
+def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def model_folder(env: dict, trainer: str) -> Path:
+    return Path(env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__{CONFIG}"
+
+
+def train(env: dict, trainer: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["nnUNetv2_train", str(DATASET_ID), CONFIG, "0", "-tr", trainer, "-device", "cpu", *extra], env, check)
+
+
+def predict(env: dict, trainer: str, out: Path) -> None:
+    images = Path(env["nnUNet_raw"]) / DATASET / "imagesTs"
+    run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(DATASET_ID), "-c", CONFIG, "-f", "0",
+         "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
+
+
+def evaluate(env: dict, trainer: str, predictions: Path) -> dict:
+    labels = Path(env["nnUNet_raw"]) / DATASET / "labelsTs"
+    folder = model_folder(env, trainer)
+    run(["nnUNetv2_evaluate_folder", str(labels), str(predictions), "-djfile", str(folder / "dataset.json"),
+         "-pfile", str(folder / "plans.json"), "-np", "1"], env)
+    return json.loads((predictions / "summary.json").read_text())
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def interrupt_after_first_epoch(fold: Path) -> None:
+    """Make a finished run look like one that crashed after epoch 0 had been checkpointed."""
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    checkpoint["current_epoch"] = 1
+    checkpoint["logging"] = {k: v[:1] for k, v in checkpoint["logging"].items()}
+    torch.save(checkpoint, fold / "checkpoint_latest.pth")
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth"):
+        (fold / name).unlink()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nnunet")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    env.update(
+        nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+        nnUNet_results=str(root / "results"), nnUNet_extTrainer=EXT_TRAINER_DIR,
+        nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1", nnUNet_compile="f",
+    )
+    make_synthetic_dataset(root / "raw", DATASET_ID, num_training=6, num_test=2)
+    run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIG, "-np", "1", "-npfp", "1"], env)
+    env["nnUNet_n_proc_DA"] = "0"  # single-threaded augmentation: deterministic and fast on 2 cores
+    train(env, TEACHER)
+    return env
+
+
+def test_ext_path_folder_holds_only_the_shim():
+    assert sorted(p.name for p in Path(EXT_TRAINER_DIR).glob("*.py")) == ["__init__.py", "_nnunet_hlfd_ext_shim.py"]
+    out = subprocess.run([sys.executable, "-m", "nnunet_hlfd.ext_path"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == EXT_TRAINER_DIR
+
+
+def test_without_the_setup_line_nnunet_names_the_variable_to_set(pipeline):
+    env = {k: v for k, v in pipeline.items() if k != "nnUNet_extTrainer"}
+    result = train(env, "nnUNetTrainerHLFD_debug", check=False)
+    assert result.returncode != 0
+    assert "Could not find requested nnunet trainer nnUNetTrainerHLFD_debug" in result.stderr
+    assert "nnUNet_extTrainer" in result.stderr  # the README's troubleshooting section starts from this line
+
+
+def test_student_baseline_trains_without_teacher_and_predicts(pipeline, tmp_path):
+    trainer = "nnUNetTrainerStudent_debug"
+    train(pipeline, trainer)
+    folder = model_folder(pipeline, trainer)
+    arch = json.loads((folder / "plans.json").read_text())["configurations"][CONFIG]["architecture"]["arch_kwargs"]
+    teacher_arch = json.loads((model_folder(pipeline, TEACHER) / "plans.json").read_text())
+    teacher_features = teacher_arch["configurations"][CONFIG]["architecture"]["arch_kwargs"]["features_per_stage"]
+    assert arch["features_per_stage"] == [f // 2 for f in teacher_features]
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert "distillation" not in checkpoint
+    predict(pipeline, trainer, tmp_path / "pred")
+    summary = evaluate(pipeline, trainer, tmp_path / "pred")
+    assert set(summary["mean"]) == {"1", "2"}
+
+
+def test_hlfd_trains_predicts_without_teacher_and_evaluates(pipeline, tmp_path):
+    trainer = "nnUNetTrainerHLFD_debug"
+    teacher_folder = model_folder(pipeline, TEACHER)
+    before = snapshot(teacher_folder)
+    train(pipeline, trainer)
+    assert snapshot(teacher_folder) == before, "nothing may be written into the teacher's folder"
+
+    fold = model_folder(pipeline, trainer) / "fold_0"
+    log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "Teacher parameters:" in log and "student/teacher ratio: 0.25" in log
+    assert log.count("distillation terms: flfd_unified") == 2  # one line per epoch
+    assert (fold / "kd_progress.png").stat().st_size > 0
+    record = json.loads((fold / "hlfd_teacher.json").read_text())
+    assert record["teacher"]["checkpoint_name"] == "checkpoint_final.pth" and record["spec"]["source"] == "default"
+
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["distillation"]["teacher"]["sha256"] == record["teacher"]["sha256"]
+    assert checkpoint["distillation"]["adapters"] is None
+    for key in ("kd_flfd_unified", "kd_flfd_individual", "kd_plfd_unified", "kd_plfd_individual", "kd_total"):
+        values = checkpoint["logging"][key]
+        assert len(values) == 2 and all(v == v and v > 0 for v in values)
+
+    # stock nnU-Net rebuilds exactly the student from the results plans.json (strict load)
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    pm = PlansManager(str(fold.parent / "plans.json"))
+    net = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration(CONFIG), 1, 3, False)
+    net.load_state_dict(checkpoint["network_weights"])
+
+    # predicting never needs the teacher: point the teacher variable at nothing
+    env = dict(pipeline, nnUNet_hlfd_teacher=str(tmp_path / "no_teacher_here"))
+    predict(env, trainer, tmp_path / "pred")
+    summary = evaluate(pipeline, trainer, tmp_path / "pred")
+    assert set(summary["mean"]) == {"1", "2"}
+    assert all(0.0 <= summary["metric_per_case"][0]["metrics"][k]["Dice"] <= 1.0 for k in ("1", "2"))
+
+
+def test_adapters_are_saved_and_resume_uses_the_recorded_teacher(pipeline, tmp_path, monkeypatch):
+    trainer = "nnUNetTrainerHLFD_adapters_debug"
+    copy_of_teacher = tmp_path / f"{TEACHER}__nnUNetPlans__{CONFIG}"
+    shutil.copytree(model_folder(pipeline, TEACHER), copy_of_teacher)
+    env = dict(pipeline, nnUNet_hlfd_teacher=str(copy_of_teacher))
+    train(env, trainer)
+    fold = model_folder(pipeline, trainer) / "fold_0"
+    record = json.loads((fold / "hlfd_teacher.json").read_text())
+    assert record["spec"]["model_folder"] == str(copy_of_teacher)
+    assert "nnUNet_hlfd_teacher" in record["spec"]["source"]
+    log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "trainable adapter parameters: 0" not in log and "trainable adapter parameters:" in log
+
+    interrupt_after_first_epoch(fold)
+    saved = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["distillation"]
+    assert saved["adapters"] and all(k.startswith("heads.") for k in saved["adapters"])
+
+    # --c with another teacher requested: refused, nothing changed
+    other = dict(pipeline, nnUNet_hlfd_teacher=str(model_folder(pipeline, TEACHER)))
+    result = train(other, trainer, "--c", check=False)
+    assert result.returncode != 0 and "This run was started with the teacher" in result.stderr
+
+    # the adapters come back exactly (in-process: load the checkpoint into a fresh trainer)
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(key, pipeline[key])
+    monkeypatch.delenv("nnUNet_hlfd_teacher", raising=False)
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    resumed = get_trainer_from_args(str(DATASET_ID), CONFIG, 0, trainer, continue_training=True,
+                                    device=torch.device("cpu"))
+    resumed.load_checkpoint(str(fold / "checkpoint_latest.pth"))
+    state = resumed.distiller.adapters.state_dict()
+    assert state.keys() == saved["adapters"].keys()
+    assert all(torch.equal(state[k].cpu(), saved["adapters"][k]) for k in state)
+    assert resumed.current_epoch == 1 and len(resumed.logger.local_logger.my_fantastic_logging["kd_total"]) == 1
+    del resumed
+
+    # --c without naming a teacher: resumes with the recorded one and finishes epoch 1
+    train(pipeline, trainer, "--c")
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2 and len(final["logging"]["kd_total"]) == 2
+    assert final["distillation"]["teacher"]["model_folder"] == str(copy_of_teacher)
+
+    # a teacher that changed since: resuming is refused
+    interrupt_after_first_epoch(fold)
+    teacher_ckpt = copy_of_teacher / "fold_0" / "checkpoint_final.pth"
+    t = torch.load(teacher_ckpt, map_location="cpu", weights_only=False)
+    t["network_weights"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in t["network_weights"].items()}
+    torch.save(t, teacher_ckpt)
+    result = train(pipeline, trainer, "--c", check=False)
+    assert result.returncode != 0 and "has changed since this student was trained from it" in result.stderr
