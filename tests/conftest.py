@@ -92,8 +92,15 @@ def tiny_plans(dataset_name: str = "Dataset990_HLFDSynthetic", n_stages: int = 4
         "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {
-            "0": {"max": 200.0, "mean": 46.7, "median": 47.8, "min": -121.4, "percentile_00_5": -70.1,
-                  "percentile_99_5": 159.2, "std": 45.7}
+            "0": {
+                "max": 200.0,
+                "mean": 46.7,
+                "median": 47.8,
+                "min": -121.4,
+                "percentile_00_5": -70.1,
+                "percentile_99_5": 159.2,
+                "std": 45.7,
+            }
         },
     }
 

@@ -26,7 +26,9 @@ TEACHER = "nnUNetTrainerHLFDTeacher_debug"
 def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(args, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -40,15 +42,50 @@ def train(env: dict, trainer: str, *extra: str, check: bool = True) -> subproces
 
 def predict(env: dict, trainer: str, out: Path) -> None:
     images = Path(env["nnUNet_raw"]) / DATASET / "imagesTs"
-    run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(DATASET_ID), "-c", CONFIG, "-f", "0",
-         "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
+    run(
+        [
+            "nnUNetv2_predict",
+            "-i",
+            str(images),
+            "-o",
+            str(out),
+            "-d",
+            str(DATASET_ID),
+            "-c",
+            CONFIG,
+            "-f",
+            "0",
+            "-tr",
+            trainer,
+            "-device",
+            "cpu",
+            "--disable_tta",
+            "-npp",
+            "1",
+            "-nps",
+            "1",
+        ],
+        env,
+    )
 
 
 def evaluate(env: dict, trainer: str, predictions: Path) -> dict:
     labels = Path(env["nnUNet_raw"]) / DATASET / "labelsTs"
     folder = model_folder(env, trainer)
-    run(["nnUNetv2_evaluate_folder", str(labels), str(predictions), "-djfile", str(folder / "dataset.json"),
-         "-pfile", str(folder / "plans.json"), "-np", "1"], env)
+    run(
+        [
+            "nnUNetv2_evaluate_folder",
+            str(labels),
+            str(predictions),
+            "-djfile",
+            str(folder / "dataset.json"),
+            "-pfile",
+            str(folder / "plans.json"),
+            "-np",
+            "1",
+        ],
+        env,
+    )
     return json.loads((predictions / "summary.json").read_text())
 
 
@@ -71,9 +108,13 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnunet")
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     env.update(
-        nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-        nnUNet_results=str(root / "results"), nnUNet_extTrainer=EXT_TRAINER_DIR,
-        nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1", nnUNet_compile="f",
+        nnUNet_raw=str(root / "raw"),
+        nnUNet_preprocessed=str(root / "preprocessed"),
+        nnUNet_results=str(root / "results"),
+        nnUNet_extTrainer=EXT_TRAINER_DIR,
+        nnUNet_n_proc_DA="1",
+        nnUNet_def_n_proc="1",
+        nnUNet_compile="f",
     )
     make_synthetic_dataset(root / "raw", DATASET_ID, num_training=6, num_test=2)
     run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIG, "-np", "1", "-npfp", "1"], env)
@@ -177,8 +218,9 @@ def test_adapters_are_saved_and_resume_uses_the_recorded_teacher(pipeline, tmp_p
     monkeypatch.delenv("nnUNet_hlfd_teacher", raising=False)
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    resumed = get_trainer_from_args(str(DATASET_ID), CONFIG, 0, trainer, continue_training=True,
-                                    device=torch.device("cpu"))
+    resumed = get_trainer_from_args(
+        str(DATASET_ID), CONFIG, 0, trainer, continue_training=True, device=torch.device("cpu")
+    )
     resumed.load_checkpoint(str(fold / "checkpoint_latest.pth"))
     state = resumed.distiller.adapters.state_dict()
     assert state.keys() == saved["adapters"].keys()

@@ -76,13 +76,19 @@ def reference_hlfd(s_enc, t_enc, s_log, t_log, middle, bottleneck, dec_teacher_m
     q_mix = sum(_pool_to(_soft(t_log[j], T, regions), grid_d0) for j in dec_teacher_mix) / len(dec_teacher_mix)
     plfd_u = _kl(s_log[0], q_mix, T, regions, valid[0])
     q_final = _soft(t_log[final], T, regions)
-    plfd_i = sum(
-        _kl(s_log[j], _pool_to(q_final, s_log[j].shape[2:]), T, regions, valid[j]) for j in range(1, final + 1)
-    ) / final
+    plfd_i = (
+        sum(_kl(s_log[j], _pool_to(q_final, s_log[j].shape[2:]), T, regions, valid[j]) for j in range(1, final + 1))
+        / final
+    )
     flfd = cfg.unified_weight * flfd_u + cfg.individual_weight * flfd_i
     plfd = cfg.unified_weight * plfd_u + cfg.individual_weight * plfd_i
-    return {"flfd_unified": flfd_u, "flfd_individual": flfd_i, "plfd_unified": plfd_u, "plfd_individual": plfd_i,
-            "total": cfg.alpha * plfd + cfg.beta * flfd}
+    return {
+        "flfd_unified": flfd_u,
+        "flfd_individual": flfd_i,
+        "plfd_unified": plfd_u,
+        "plfd_individual": plfd_i,
+        "total": cfg.alpha * plfd + cfg.beta * flfd,
+    }
 
 
 def _random_captures(dim, regions, ignore):
@@ -131,8 +137,9 @@ def test_ignored_voxels_do_not_count():
 
 
 # ---- with real nnU-Net U-Nets: gradients, freezing, adapters ---------------------------------------------
-@pytest.mark.parametrize("dim,residual,heads", [(3, False, "deep_supervision"), (2, True, "adapters"),
-                                                (3, False, "adapters")])
+@pytest.mark.parametrize(
+    "dim,residual,heads", [(3, False, "deep_supervision"), (2, True, "adapters"), (3, False, "adapters")]
+)
 def test_gradients_reach_student_and_adapters_never_the_teacher(dim, residual, heads):
     student, teacher = make_unet(dim, 4, residual), make_unet(dim, 8, residual)
     distiller = Distiller(HLFD(HLFDConfig(plfd_heads=heads)), regions=False)

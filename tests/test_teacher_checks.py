@@ -117,8 +117,11 @@ def test_teacher_with_regions_instead_of_labels(env):
 
 @pytest.mark.parametrize(
     "key,value",
-    [("data_identifier", "nnUNetPlans_3d_lowres"), ("spacing", [3.0, 0.8, 0.8]),
-     ("normalization_schemes", ["ZScoreNormalization"])],
+    [
+        ("data_identifier", "nnUNetPlans_3d_lowres"),
+        ("spacing", [3.0, 0.8, 0.8]),
+        ("normalization_schemes", ["ZScoreNormalization"]),
+    ],
 )
 def test_teacher_with_other_preprocessing(env, key, value):
     plans = tiny_plans()
@@ -182,8 +185,12 @@ def test_resume_refuses_a_different_teacher_than_recorded(env, monkeypatch):
     other = write_teacher(env, tiny_plans(), TINY_DATASET_JSON, folder="Other__nnUNetPlans__3d_fullres")
     fold_folder = student_folder(env) / "fold_0"
     fold_folder.mkdir(parents=True)
-    spec = {"model_folder": str(env / DATASET / TEACHER_DIR), "fold": "0",
-            "checkpoint_name": "checkpoint_final.pth", "source": "default"}
+    spec = {
+        "model_folder": str(env / DATASET / TEACHER_DIR),
+        "fold": "0",
+        "checkpoint_name": "checkpoint_final.pth",
+        "source": "default",
+    }
     (fold_folder / "hlfd_teacher.json").write_text(json.dumps({"spec": spec}))
     monkeypatch.setenv("nnUNet_hlfd_teacher", str(other))
     with pytest.raises(OptionError, match="This run was started with the teacher"):
