@@ -125,6 +125,16 @@ class Distiller:
         taps = self.method.teacher_taps(layout.n_stages)
         self.teacher_recorder = unet_recorder(teacher, taps.encoder, taps.decoder)
 
+    def wrap_adapters_for_ddp(self, device: torch.device, local_rank: int) -> None:
+        """Under DDP, wrap the adapters on their own: rank 0's initial weights are broadcast and gradients are
+        averaged, so they stay identical on every rank. The student is DDP-wrapped by nnU-Net; the teacher
+        never is (each rank holds a frozen copy)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.adapters is not None and any(p.requires_grad for p in self.adapters.parameters()):
+            device_ids = [local_rank] if device.type == "cuda" else None
+            self.adapters = DistributedDataParallel(self.adapters, device_ids=device_ids)
+
     @property
     def n_stages(self) -> int:
         return self.student_layout.n_stages

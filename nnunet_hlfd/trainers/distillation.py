@@ -79,9 +79,8 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
     def _after_network_built(self) -> None:
         self.distiller.attach_teacher(self.teacher_model.build_network(self.device))
         self.teacher_model.network_weights = None  # built; no second copy in memory
-        if self.is_ddp and count_parameters(self.distiller.adapters):
-            device_ids = [self.local_rank] if self.device.type == "cuda" else None
-            self.distiller.adapters = DDP(self.distiller.adapters, device_ids=device_ids)
+        if self.is_ddp:
+            self.distiller.wrap_adapters_for_ddp(self.device, self.local_rank)
 
     def _parameter_report(self) -> str:
         teacher = count_parameters(self.distiller.teacher)
