@@ -1,0 +1,218 @@
+"""The demo: synthetic data -> plan and preprocess -> teacher -> student alone and HLFD student -> predict -> table.
+
+Every step is nnU-Net's own command or API; the only thing the demo adds is the data and the table.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
+from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
+
+DATASET_ID = 991
+DATASET_NAME = "HLFDDemo"
+CONFIGURATION = "3d_fullres"
+
+
+@dataclass(frozen=True)
+class DemoProfile:
+    teacher: str
+    student: str
+    hlfd: str
+    num_training: int
+    num_test: int
+    shape: tuple[int, int, int]
+
+
+PROFILES = {
+    # about 10 minutes on 2 CPU cores
+    "default": DemoProfile(
+        "nnUNetTrainerHLFDTeacher_demo", "nnUNetTrainerStudent_demo", "nnUNetTrainerHLFD_demo", 20, 6, (16, 32, 32)
+    ),
+    # a smoke run of the same pipeline (about 2 minutes); its numbers mean nothing
+    "quick": DemoProfile(
+        "nnUNetTrainerHLFDTeacher_debug", "nnUNetTrainerStudent_debug", "nnUNetTrainerHLFD_debug", 6, 2, (16, 32, 32)
+    ),
+}
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _run(step: str, args: list[str], env: dict, log: Path) -> float:
+    """Run an nnU-Net command, its output into ``log``; print the epochs as they pass."""
+    _say(f"{step}: {' '.join(args)}")
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in process.stdout:
+            f.write(line)
+            match = re.search(r"Epoch (\d+)$", line.strip())
+            if match:
+                print(f"\r  epoch {int(match.group(1)) + 1}", end="", flush=True)
+        process.wait()
+    elapsed = time.perf_counter() - start
+    print(f"\r  done in {elapsed:.0f} s (log: {log})", flush=True)
+    if process.returncode != 0:
+        raise RuntimeError(f"{step} failed (exit code {process.returncode}); see {log}")
+    return elapsed
+
+
+def _predict(model_folder: Path, images: Path, output: Path) -> tuple[int, float]:
+    """Predict every case with nnU-Net's predictor, in this process (no worker pools, so the time is the
+    model's: preprocessing, sliding window and resampling of one case).
+
+    Returns (parameters, median seconds per case).
+    """
+    import numpy as np
+    import torch
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(0,))
+    output.mkdir(parents=True, exist_ok=True)
+    io, seconds = SimpleITKIO(), []
+    for image in sorted(images.glob("*_0000.nii.gz")):
+        data, properties = io.read_images([str(image)])
+        start = time.perf_counter()
+        segmentation = predictor.predict_single_npy_array(data, properties)
+        seconds.append(time.perf_counter() - start)
+        io.write_seg(segmentation, str(output / image.name.replace("_0000.nii.gz", ".nii.gz")), properties)
+    return sum(p.numel() for p in predictor.network.parameters()), float(np.median(seconds))
+
+
+def _dice(reference: Path, predictions: Path, dataset_json: dict) -> dict[str, float]:
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    labels = [v for k, v in dataset_json["labels"].items() if k != "background"]
+    summary = compute_metrics_on_folder(
+        str(reference),
+        str(predictions),
+        str(predictions / "summary.json"),
+        SimpleITKIO(),
+        ".nii.gz",
+        labels,
+        num_processes=1,
+    )
+    names = {str(v): k for k, v in dataset_json["labels"].items()}
+    return {names[str(k)]: float(v["Dice"]) for k, v in summary["mean"].items()}
+
+
+def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = False) -> list[dict]:
+    work = Path(work_dir).resolve()
+    if work.exists() and any(work.iterdir()) and not overwrite:
+        raise SystemExit(
+            f"{work} exists and is not empty (an earlier demo?). Choose another --output folder or pass --overwrite "
+            "to replace the demo's nnU-Net folders in it."
+        )
+    p = PROFILES[profile]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    env.update(
+        nnUNet_raw=str(work / "nnUNet_raw"),
+        nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
+        nnUNet_results=str(work / "nnUNet_results"),
+        nnUNet_extTrainer=EXT_TRAINER_DIR,
+        nnUNet_n_proc_DA="1",
+        nnUNet_def_n_proc="1",
+        nnUNet_compile="f",
+    )
+    os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet_")})
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    total = time.perf_counter()
+
+    _say(f"[1/6] synthetic dataset: {p.num_training} training + {p.num_test} test cases of {p.shape} voxels")
+    for sub in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        target = work / sub / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+    raw = make_synthetic_dataset(work / "nnUNet_raw", DATASET_ID, DATASET_NAME, p.num_training, p.num_test, p.shape)
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+
+    _run(
+        "[2/6] plan and preprocess",
+        ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "1", "-npfp", "1"],
+        env,
+        logs / "plan_and_preprocess.log",
+    )
+    env["nnUNet_n_proc_DA"] = "0"
+    rows = []
+    for step, (role, trainer) in enumerate(
+        [("teacher", p.teacher), ("student alone", p.student), ("HLFD student", p.hlfd)], start=3
+    ):
+        train_s = _run(
+            f"[{step}/6] train the {role} ({trainer})",
+            ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "0", "-tr", trainer, "-device", "cpu"],
+            env,
+            logs / f"train_{trainer}.log",
+        )
+        rows.append({"model": role, "trainer": trainer, "train_s": train_s})
+
+    _say("[6/6] predict the test cases with nnU-Net's predictor and evaluate")
+    for row in rows:
+        folder = (
+            work
+            / "nnUNet_results"
+            / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+            / (f"{row['trainer']}__nnUNetPlans__{CONFIGURATION}")
+        )
+        predictions = work / "predictions" / row["trainer"]
+        row["parameters"], row["predict_s_per_case"] = _predict(folder, raw / "imagesTs", predictions)
+        row["dice"] = _dice(raw / "labelsTs", predictions, dataset_json)
+    table = format_table(rows, profile)
+    (work / "demo_results.md").write_text(table + "\n")
+    (work / "demo_results.json").write_text(json.dumps(rows, indent=2))
+    _say("\n" + table)
+    _say(f"\nTotal time {time.perf_counter() - total:.0f} s. Results: {work / 'demo_results.md'}")
+    return rows
+
+
+def format_table(rows: list[dict], profile: str) -> str:
+    classes = list(rows[0]["dice"])
+    teacher_params = rows[0]["parameters"]
+    head = [
+        "model",
+        "trainer",
+        "parameters",
+        "× teacher",
+        *[f"Dice {c}" for c in classes],
+        "mean Dice",
+        "train (s)",
+        "inference (s/case)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        dice = [r["dice"][c] for c in classes]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["model"],
+                    r["trainer"],
+                    f"{r['parameters']:,}",
+                    f"{r['parameters'] / teacher_params:.2f}",
+                    *[f"{d:.3f}" for d in dice],
+                    f"{sum(dice) / len(dice):.3f}",
+                    f"{r['train_s']:.0f}",
+                    f"{r['predict_s_per_case']:.2f}",
+                ]
+            )
+            + " |"
+        )
+    note = (
+        f"Profile '{profile}', fold 0, {CONFIGURATION}, CPU ({os.cpu_count()} cores), Python {sys.version.split()[0]}. "
+        "Dice on the held-out test cases (nnU-Net's compute_metrics_on_folder); inference = median per case "
+        "(preprocessing, sliding window without mirroring, resampling); one run, no seeds averaged."
+    )
+    return "\n".join(lines) + "\n\n" + note
