@@ -6,6 +6,7 @@ Every step is nnU-Net's own command or API; the only thing the demo adds is the 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
+from nnunet_hlfd.trainers import schedules
 
 DATASET_ID = 991
 DATASET_NAME = "HLFDDemo"
@@ -46,7 +48,7 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _run(step: str, args: list[str], env: dict, log: Path) -> float:
+def _run(step: str, args: list[str], env: dict, log: Path, epochs: int | None = None) -> float:
     """Run an nnU-Net command, its output into ``log``; print the epochs as they pass."""
     _say(f"{step}: {' '.join(args)}")
     start = time.perf_counter()
@@ -56,10 +58,10 @@ def _run(step: str, args: list[str], env: dict, log: Path) -> float:
             f.write(line)
             match = re.search(r"Epoch (\d+)$", line.strip())
             if match:
-                print(f"\r  epoch {int(match.group(1)) + 1}", end="", flush=True)
+                print(f"\r  epoch {int(match.group(1)) + 1}/{epochs}", end="", flush=True)
         process.wait()
     elapsed = time.perf_counter() - start
-    print(f"\r  done in {elapsed:.0f} s (log: {log})", flush=True)
+    print(f"\r  done in {elapsed:.0f} s (log: {log})" + " " * 10, flush=True)
     if process.returncode != 0:
         raise RuntimeError(f"{step} failed (exit code {process.returncode}); see {log}")
     return elapsed
@@ -134,8 +136,6 @@ def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = F
     for sub in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         target = work / sub / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
         if target.exists():
-            import shutil
-
             shutil.rmtree(target)
     raw = make_synthetic_dataset(work / "nnUNet_raw", DATASET_ID, DATASET_NAME, p.num_training, p.num_test, p.shape)
     dataset_json = json.loads((raw / "dataset.json").read_text())
@@ -156,6 +156,7 @@ def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = F
             ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "0", "-tr", trainer, "-device", "cpu"],
             env,
             logs / f"train_{trainer}.log",
+            getattr(schedules, trainer).epochs,
         )
         rows.append({"model": role, "trainer": trainer, "train_s": train_s})
 
