@@ -213,7 +213,12 @@ class HLFD(DistillationMethod):
         return ClassHeads({j: student.decoder_channels[j] for j in stages}, num_classes, student.conv_op)
 
     def loss(self, student: Captured, teacher: Captured, adapters, valid, regions: bool) -> dict[str, torch.Tensor]:
-        n = max(student.logits) + 2
+        n = max(teacher.logits) + 2
+        if adapters is None and len(student.logits) != n - 1:
+            raise RuntimeError(
+                "HLFD reads the student's intermediate predictions from its deep-supervision outputs: keep "
+                "enable_deep_supervision = True, or use plfd_heads='adapters'"
+            )
         student_logits = adapters(student.decoder) if adapters is not None else student.logits
         return hlfd_loss(
             student.encoder,

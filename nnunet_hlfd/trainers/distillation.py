@@ -49,7 +49,9 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
         self.kd_log_keys = [f"kd_{name}" for name in self.method.term_names] + ["kd_total"]
         self._add_log_keys()
 
-    def _teacher_configuration(self, spec: TeacherSpec, plans: dict, own: dict, dataset_json: dict, fold) -> dict:
+    def _teacher_configuration(
+        self, spec: TeacherSpec, plans: dict, configuration: str, own: dict, dataset_json: dict, fold
+    ) -> dict:
         self.teacher_model = read_teacher(spec)
         check_teacher(self.teacher_model, plans, own, dataset_json, fold)
         return self.teacher_model.configuration_dict()

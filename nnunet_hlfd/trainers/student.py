@@ -119,7 +119,9 @@ class nnUNetTrainerStudent(nnUNetTrainer):
             checkpoint,
         )
 
-    def _teacher_configuration(self, spec: TeacherSpec, plans: dict, own: dict, dataset_json: dict, fold) -> dict:
+    def _teacher_configuration(
+        self, spec: TeacherSpec, plans: dict, configuration: str, own: dict, dataset_json: dict, fold
+    ) -> dict:
         """The configuration the student is derived from: the teacher's, read from its results plans.json.
 
         The baseline needs no trained teacher: without one it derives the student from its own configuration,
@@ -129,7 +131,10 @@ class nnUNetTrainerStudent(nnUNetTrainer):
         if not plans_file.is_file():
             return own
         # results model folders are named <Trainer>__<Plans>__<Configuration>
-        name = Path(spec.model_folder).name.split("__")[-1]
+        folder = Path(spec.model_folder).name
+        name = self.hlfd_options["teacher_configuration"] or (
+            folder.split("__")[-1] if "__" in folder else configuration
+        )
         return PlansManager(json.loads(plans_file.read_text())).get_configuration(name).configuration
 
     # ---- the student plan --------------------------------------------------------------------------------
@@ -137,7 +142,7 @@ class nnUNetTrainerStudent(nnUNetTrainer):
         own = PlansManager(plans).get_configuration(configuration).configuration
         self.hlfd_options = self._read_options(own)
         self.teacher_spec = self._teacher_spec(plans, configuration, fold)
-        reference = self._teacher_configuration(self.teacher_spec, plans, own, dataset_json, fold)
+        reference = self._teacher_configuration(self.teacher_spec, plans, configuration, own, dataset_json, fold)
         student_architecture = derive_student_architecture(
             reference["architecture"], self.hlfd_options["width"], self.hlfd_options["n_conv_per_stage"]
         )
