@@ -126,6 +126,7 @@ def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = F
         nnUNet_n_proc_DA="1",
         nnUNet_def_n_proc="1",
         nnUNet_compile="f",
+        PYTHONUNBUFFERED="1",  # epochs appear as they pass
     )
     os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet_")})
     logs = work / "logs"

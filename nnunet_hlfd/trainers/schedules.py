@@ -44,7 +44,7 @@ class _Debug(_ShortSchedule):
 class _Demo(_ShortSchedule):
     """Long enough on 2 CPU cores for the demo's teacher to clearly beat chance."""
 
-    epochs = 30
+    epochs = 50
     iterations = 12
     val_iterations = 4
     teacher_trainer = "nnUNetTrainerHLFDTeacher_demo"
