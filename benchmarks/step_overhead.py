@@ -80,124 +80,142 @@ def nnunet_loss(n_outputs: int) -> nn.Module:
     return DeepSupervisionWrapper(dc_ce, weights)
 
 
-def worker(device_name: str, plan: str, mode: str, iterations: int, warmup: int) -> dict:
-    device = torch.device(device_name)
-    patch, batch, strides, cap = PLANS[device_name][plan]
-    dim = len(patch)
-    torch.manual_seed(0)
-    student = build_unet(dim, strides, cap, 0.5).to(device)
-    teacher = build_unet(dim, strides, cap, 1.0).to(device).eval().requires_grad_(False)
-    distiller = None
-    if mode == "hlfd_step":
-        distiller = Distiller(HLFD(), regions=False)
-        distiller.attach_student(student, NUM_CLASSES)
-        distiller.attach_teacher(teacher)
-    optimizer = torch.optim.SGD(student.parameters(), 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    loss_fn = nnunet_loss(len(strides) - 1)
-    x = torch.randn(batch, 1, *patch, device=device)
-    targets, grid = [], list(patch)
-    seg = torch.randint(0, NUM_CLASSES, (batch, 1, *patch), device=device).float()
-    for s in strides[:-1]:
-        grid = [g // f for g, f in zip(grid, s)]
-        targets.append(torch.nn.functional.interpolate(seg, size=grid, mode="nearest"))
+class Bench:
+    """Student, teacher, distiller, optimiser and one batch for a plan; ``step(mode)`` runs one iteration."""
 
-    def autocast():
-        return torch.autocast(device.type, enabled=device.type == "cuda")
+    def __init__(self, device_name: str, plan: str, only: str | None = None):
+        self.device = device = torch.device(device_name)
+        patch, batch, strides, cap = PLANS[device_name][plan]
+        dim = len(patch)
+        torch.manual_seed(0)
+        self.student = build_unet(dim, strides, cap, 0.5).to(device)
+        if only != "student_step":  # building only what a mode needs keeps its peak memory its own
+            self.teacher = build_unet(dim, strides, cap, 1.0).to(device).eval().requires_grad_(False)
+        if only in (None, "hlfd_step"):
+            # hooks are inert outside distiller.student_recording(), so the student-only step is unaffected
+            self.distiller = Distiller(HLFD(), regions=False)
+            self.distiller.attach_student(self.student, NUM_CLASSES)
+            self.distiller.attach_teacher(self.teacher)
+        self.optimizer = torch.optim.SGD(
+            self.student.parameters(), 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+        self.loss_fn = nnunet_loss(len(strides) - 1)
+        self.x = torch.randn(batch, 1, *patch, device=device)
+        seg = torch.randint(0, NUM_CLASSES, (batch, 1, *patch), device=device).float()
+        self.targets, grid = [], list(patch)
+        for s in strides[:-1]:
+            grid = [g // f for g, f in zip(grid, s)]
+            self.targets.append(torch.nn.functional.interpolate(seg, size=grid, mode="nearest"))
+        self.info = {"patch": list(patch), "batch": batch, "stages": len(strides)}
 
-    def step():
+    def _autocast(self):
+        return torch.autocast(self.device.type, enabled=self.device.type == "cuda")
+
+    def step(self, mode: str) -> None:
         if mode == "teacher_forward":
-            with torch.no_grad(), autocast():
-                teacher(x)
+            with torch.no_grad(), self._autocast():
+                self.teacher(self.x)
             return
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            if distiller is not None:
-                captured = distiller.run_teacher(x)
-                with distiller.student_recording():
-                    out = student(x)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            if mode == "hlfd_step":
+                captured = self.distiller.run_teacher(self.x)
+                with self.distiller.student_recording():
+                    out = self.student(self.x)
+                kd = self.distiller.losses(out, captured, {j: None for j in range(len(out))})["total"]
+                loss = self.loss_fn(out, self.targets) + kd
             else:
-                out = student(x)
-            loss = loss_fn(out, targets)
-            if distiller is not None:
-                loss = loss + distiller.losses(out, captured, {j: None for j in range(len(out))})["total"]
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 12)
-            scaler.step(optimizer)
-            scaler.update()
+                loss = self.loss_fn(self.student(self.x), self.targets)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), 12)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 12)
-            optimizer.step()
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), 12)
+            self.optimizer.step()
 
-    def sync():
-        if device.type == "cuda":
+    def sync(self) -> None:
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(warmup):
-        step()
-    sync()
-    if device.type == "cuda":
+
+def time_modes(device_name: str, plan: str, iterations: int, warmup: int) -> dict:
+    """Median seconds per mode, the three modes interleaved so they share the machine's conditions."""
+    bench = Bench(device_name, plan)
+    times = {m: [] for m in MODES}
+    for i in range(warmup + iterations):
+        for mode in MODES:
+            bench.sync()
+            start = time.perf_counter()
+            bench.step(mode)
+            bench.sync()
+            if i >= warmup:
+                times[mode].append(time.perf_counter() - start)
+    return {**bench.info, **{m: statistics.median(t) for m, t in times.items()}}
+
+
+def peak_memory(device_name: str, plan: str, mode: str, warmup: int) -> float:
+    """Peak memory (MiB) of one mode alone: CUDA max allocated, or the process's peak RSS on CPU."""
+    bench = Bench(device_name, plan, only=mode)
+    if bench.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
-        "plan": plan,
-        "mode": mode,
-        "median_s": statistics.median(times),
-        "peak_mb": peak_mb,
-        "patch": list(patch),
-        "batch": batch,
-        "stages": len(strides),
-    }
+    for _ in range(warmup + 2):
+        bench.step(mode)
+    bench.sync()
+    if bench.device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _subprocess(args: argparse.Namespace, iterations: int, *worker: str) -> dict | float:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--device",
+            args.device,
+            "--iterations",
+            str(iterations),
+            "--warmup",
+            str(args.warmup),
+            "--worker",
+            *worker,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--iterations", type=int, default=None, help="timed iterations (default: 10 CPU, 30 GPU)")
+    parser.add_argument("--iterations", type=int, default=None, help="timed iterations (default: 20 CPU, 50 GPU)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--plans", nargs="+", default=["2d", "3d"], choices=["2d", "3d"])
-    parser.add_argument("--worker", nargs=2, metavar=("PLAN", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    iterations = args.iterations or (10 if args.device == "cpu" else 30)
+    iterations = args.iterations or (20 if args.device == "cpu" else 50)
     if args.worker:
-        print(json.dumps(worker(args.device, *args.worker, iterations, args.warmup)))
+        plan, what = args.worker
+        if what == "timing":
+            print(json.dumps(time_modes(args.device, plan, iterations, args.warmup)))
+        else:
+            print(json.dumps(peak_memory(args.device, plan, what, args.warmup)))
         return
 
-    results = {}
+    timing, memory_mb = {}, {}
     for plan in args.plans:
+        print(f"{plan}: timing the three modes interleaved ...", file=sys.stderr, flush=True)
+        timing[plan] = _subprocess(args, iterations, plan, "timing")
         for mode in MODES:
-            print(f"{plan} {mode} ...", file=sys.stderr, flush=True)
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--device",
-                    args.device,
-                    "--iterations",
-                    str(iterations),
-                    "--warmup",
-                    str(args.warmup),
-                    "--worker",
-                    plan,
-                    mode,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            results[plan, mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{plan}: peak memory of {mode} ...", file=sys.stderr, flush=True)
+            memory_mb[plan, mode] = _subprocess(args, iterations, plan, mode)
 
     hardware = (
         torch.cuda.get_device_name()
@@ -215,12 +233,13 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for plan in args.plans:
-        a, b, c = (results[plan, m] for m in MODES)
-        overhead = (c["median_s"] - a["median_s"] - b["median_s"]) / a["median_s"]
+        t = timing[plan]
+        a, b, c = (t[m] for m in MODES)
+        overhead = (c - a - b) / a
+        mem = " / ".join(f"{memory_mb[plan, m]:.0f}" for m in MODES)
         print(
-            f"| {plan} | {'×'.join(map(str, a['patch']))} × {a['batch']} | {a['stages']} | {a['median_s']:.3f} | "
-            f"{b['median_s']:.3f} | {c['median_s']:.3f} | {overhead:+.1%} | "
-            f"{a['peak_mb']:.0f} / {b['peak_mb']:.0f} / {c['peak_mb']:.0f} |"
+            f"| {plan} | {'×'.join(map(str, t['patch']))} × {t['batch']} | {t['stages']} | {a:.3f} | {b:.3f} | "
+            f"{c:.3f} | {overhead:+.1%} | {mem} |"
         )
 
 
