@@ -5,7 +5,6 @@ One teacher is trained for the whole module; every student uses nnU-Net's stock 
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nnunet_hlfd.demo.pipeline import nnunet_environment
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
 
@@ -106,17 +106,8 @@ def interrupt_after_first_epoch(fold: Path) -> None:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnunet")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    env.update(
-        nnUNet_raw=str(root / "raw"),
-        nnUNet_preprocessed=str(root / "preprocessed"),
-        nnUNet_results=str(root / "results"),
-        nnUNet_extTrainer=EXT_TRAINER_DIR,
-        nnUNet_n_proc_DA="1",
-        nnUNet_def_n_proc="1",
-        nnUNet_compile="f",
-    )
-    make_synthetic_dataset(root / "raw", DATASET_ID, num_training=6, num_test=2)
+    env = nnunet_environment(root)
+    make_synthetic_dataset(root / "nnUNet_raw", DATASET_ID, num_training=6, num_test=2)
     run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIG, "-np", "1", "-npfp", "1"], env)
     env["nnUNet_n_proc_DA"] = "0"  # single-threaded augmentation: deterministic and fast on 2 cores
     train(env, TEACHER)

@@ -203,3 +203,15 @@ def test_resume_refuses_a_different_teacher_than_recorded(env, monkeypatch):
 def test_student_baseline_needs_no_teacher(env):
     trainer = make_student(trainer=nnUNetTrainerStudent)
     assert trainer.configuration_manager.network_arch_init_kwargs["features_per_stage"] == [4, 8, 16, 32]
+    record = trainer.plans_manager.plans["configurations"]["3d_fullres"]["hlfd"]
+    assert "own configuration" in record["derived_from"] and "teacher_used" not in record
+
+
+def test_student_baseline_is_derived_from_an_existing_teacher_configuration(env):
+    plans = tiny_plans()
+    plans["configurations"]["3d_fullres"]["patch_size"] = [16, 64, 64]  # e.g. a teacher from larger plans
+    plans["configurations"]["3d_fullres"]["batch_size"] = 4
+    write_teacher(env, plans, TINY_DATASET_JSON)
+    trainer = make_student(trainer=nnUNetTrainerStudent)
+    assert trainer.configuration_manager.patch_size == [16, 64, 64] and trainer.configuration_manager.batch_size == 4
+    assert trainer.plans_manager.plans["configurations"]["3d_fullres"]["hlfd"]["derived_from"].endswith("plans.json")

@@ -109,6 +109,22 @@ def _dice(reference: Path, predictions: Path, dataset_json: dict) -> dict[str, f
     return {names[str(k)]: float(v["Dice"]) for k, v in summary["mean"].items()}
 
 
+def nnunet_environment(root: Path) -> dict[str, str]:
+    """This process's environment with nnU-Net's folders under ``root`` and settings for a 2-core CPU run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    env.update(
+        nnUNet_raw=str(root / "nnUNet_raw"),
+        nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
+        nnUNet_results=str(root / "nnUNet_results"),
+        nnUNet_extTrainer=EXT_TRAINER_DIR,
+        nnUNet_n_proc_DA="1",  # planning crashes with 0; training switches to 0 (no augmentation workers)
+        nnUNet_def_n_proc="1",
+        nnUNet_compile="f",
+        PYTHONUNBUFFERED="1",  # epochs appear as they pass
+    )
+    return env
+
+
 def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = False) -> list[dict]:
     work = Path(work_dir).resolve()
     if work.exists() and any(work.iterdir()) and not overwrite:
@@ -117,17 +133,7 @@ def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = F
             "to replace the demo's nnU-Net folders in it."
         )
     p = PROFILES[profile]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    env.update(
-        nnUNet_raw=str(work / "nnUNet_raw"),
-        nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
-        nnUNet_results=str(work / "nnUNet_results"),
-        nnUNet_extTrainer=EXT_TRAINER_DIR,
-        nnUNet_n_proc_DA="1",
-        nnUNet_def_n_proc="1",
-        nnUNet_compile="f",
-        PYTHONUNBUFFERED="1",  # epochs appear as they pass
-    )
+    env = nnunet_environment(work)
     os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet_")})
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -138,7 +144,7 @@ def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = F
         target = work / sub / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
         if target.exists():
             shutil.rmtree(target)
-    raw = make_synthetic_dataset(work / "nnUNet_raw", DATASET_ID, DATASET_NAME, p.num_training, p.num_test, p.shape)
+    raw = make_synthetic_dataset(Path(env["nnUNet_raw"]), DATASET_ID, DATASET_NAME, p.num_training, p.num_test, p.shape)
     dataset_json = json.loads((raw / "dataset.json").read_text())
 
     _run(

@@ -54,7 +54,11 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
     ) -> dict:
         self.teacher_model = read_teacher(spec)
         check_teacher(self.teacher_model, plans, own, dataset_json, fold)
+        self.derived_from = str(Path(spec.model_folder) / "plans.json")
         return self.teacher_model.configuration_dict()
+
+    def _plans_record(self) -> dict:
+        return {**super()._plans_record(), "teacher_used": self.teacher_spec.as_record()}
 
     # ---- set-up --------------------------------------------------------------------------------------------
     def _do_i_compile(self) -> bool:

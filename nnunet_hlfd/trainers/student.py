@@ -21,6 +21,7 @@ from nnunet_hlfd.teacher import TEACHER_ENV, TeacherSpec, default_teacher_spec, 
 
 PLANS_BLOCK = "hlfd"
 TEACHER_RECORD_FILE = "hlfd_teacher.json"
+RECORD_KEYS = ("derived_from", "teacher_used")  # written by the trainer into the results plans, not options
 STUDENT_OPTIONS = (
     "width",
     "n_conv_per_stage",
@@ -64,7 +65,7 @@ class nnUNetTrainerStudent(nnUNetTrainer):
     def _read_options(self, configuration: dict) -> dict:
         block = configuration.get(PLANS_BLOCK, {})
         defaults = self.option_defaults()
-        unknown = sorted(set(block) - set(defaults) - {"teacher_used"})
+        unknown = sorted(set(block) - set(defaults) - set(RECORD_KEYS))
         if unknown:
             raise OptionError(
                 f'Unknown option(s) {unknown} in the plans block "{PLANS_BLOCK}" for {type(self).__name__}. '
@@ -129,7 +130,9 @@ class nnUNetTrainerStudent(nnUNetTrainer):
         """
         plans_file = Path(spec.model_folder) / "plans.json"
         if not plans_file.is_file():
+            self.derived_from = f"its own configuration {configuration} (no teacher plans at {plans_file})"
             return own
+        self.derived_from = str(plans_file)
         # results model folders are named <Trainer>__<Plans>__<Configuration>
         folder = Path(spec.model_folder).name
         name = self.hlfd_options["teacher_configuration"] or (
@@ -147,9 +150,14 @@ class nnUNetTrainerStudent(nnUNetTrainer):
             reference["architecture"], self.hlfd_options["width"], self.hlfd_options["n_conv_per_stage"]
         )
         check_stage_alignment(reference["architecture"], student_architecture, reference["patch_size"])
-        record = {**self.hlfd_options, "teacher_used": self.teacher_spec.as_record()}
-        plans["configurations"][configuration] = student_configuration(own, reference, student_architecture, record)
+        plans["configurations"][configuration] = student_configuration(
+            own, reference, student_architecture, self._plans_record()
+        )
         return plans
+
+    def _plans_record(self) -> dict:
+        """What the results plans.json records about how this student was made."""
+        return {**self.hlfd_options, "derived_from": self.derived_from}
 
     def initialize(self) -> None:
         super().initialize()
