@@ -1,6 +1,7 @@
 """Shared helpers: small nnU-Net U-Nets and plans, built the way nnU-Net builds them."""
 
 import copy
+import subprocess
 
 import pytest
 import torch
@@ -126,3 +127,13 @@ def dataset_json():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command (nnU-Net's CLI); on failure show the end of its output."""
+    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result

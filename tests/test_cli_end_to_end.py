@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run
 
 from nnunet_hlfd.demo.pipeline import nnunet_environment
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
@@ -21,15 +22,6 @@ DATASET_ID = 990
 DATASET = "Dataset990_HLFDSynthetic"
 CONFIG = "3d_fullres"
 TEACHER = "nnUNetTrainerHLFDTeacher_debug"
-
-
-def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    return result
 
 
 def model_folder(env: dict, trainer: str) -> Path:

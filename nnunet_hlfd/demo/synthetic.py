@@ -59,11 +59,14 @@ def make_synthetic_dataset(
     shape: tuple[int, int, int] = (16, 32, 32),
     seed: int = 0,
     regions: bool = False,
+    ignore_label: bool = False,
 ) -> Path:
     """Write ``Dataset<id>_<name>`` under ``raw_root`` and return its folder.
 
     Test cases go to ``imagesTs``, their labels to ``labelsTs`` (for evaluating predictions). With
-    ``regions`` the labels are declared as nnU-Net regions (organ+tumour, tumour), as for KiTS.
+    ``regions`` the labels are declared as nnU-Net regions (organ+tumour, tumour), as for KiTS. With
+    ``ignore_label`` a band of every training label map (the first quarter of the x axis) is marked with
+    nnU-Net's ignore label, as in sparsely annotated data.
     """
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
@@ -73,6 +76,8 @@ def make_synthetic_dataset(
     for i in range(num_training + num_test):
         image, label = synthetic_case(shape, seed * 10_000 + i)
         split = "Tr" if i < num_training else "Ts"
+        if ignore_label and split == "Tr":
+            label[..., : shape[2] // 4] = 3
         case = f"case_{i:03d}"
         _write(image, folder / f"images{split}" / f"{case}_0000.nii.gz")
         _write(label, folder / f"labels{split}" / f"{case}.nii.gz")
@@ -82,6 +87,8 @@ def make_synthetic_dataset(
     else:
         labels = {"background": 0, "organ": 1, "tumour": 2}
         extra = {}
+    if ignore_label:
+        labels["ignore"] = 3
     generate_dataset_json(
         str(folder),
         {0: "CT"},
