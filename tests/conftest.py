@@ -137,3 +137,35 @@ def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedP
             f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result
+
+
+def nnunet_train(env: dict, dataset_id: int, configuration: str, trainer: str, *extra: str, check: bool = True):
+    args = ["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", trainer, "-device", "cpu", *extra]
+    return run(args, env, check)
+
+
+def nnunet_predict(env: dict, dataset_id: int, configuration: str, trainer: str, images, out) -> None:
+    """Stock nnUNetv2_predict of fold 0 on CPU, without test-time mirroring."""
+    args = [
+        "nnUNetv2_predict",
+        "-i",
+        str(images),
+        "-o",
+        str(out),
+        "-d",
+        str(dataset_id),
+        "-c",
+        configuration,
+        "-f",
+        "0",
+        "-tr",
+        trainer,
+        "-device",
+        "cpu",
+        "--disable_tta",
+        "-npp",
+        "1",
+        "-nps",
+        "1",
+    ]
+    run(args, env)

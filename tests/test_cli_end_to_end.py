@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run
+from conftest import nnunet_predict, nnunet_train, run
 
 from nnunet_hlfd.demo.pipeline import nnunet_environment
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
@@ -29,36 +29,11 @@ def model_folder(env: dict, trainer: str) -> Path:
 
 
 def train(env: dict, trainer: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run(["nnUNetv2_train", str(DATASET_ID), CONFIG, "0", "-tr", trainer, "-device", "cpu", *extra], env, check)
+    return nnunet_train(env, DATASET_ID, CONFIG, trainer, *extra, check=check)
 
 
 def predict(env: dict, trainer: str, out: Path) -> None:
-    images = Path(env["nnUNet_raw"]) / DATASET / "imagesTs"
-    run(
-        [
-            "nnUNetv2_predict",
-            "-i",
-            str(images),
-            "-o",
-            str(out),
-            "-d",
-            str(DATASET_ID),
-            "-c",
-            CONFIG,
-            "-f",
-            "0",
-            "-tr",
-            trainer,
-            "-device",
-            "cpu",
-            "--disable_tta",
-            "-npp",
-            "1",
-            "-nps",
-            "1",
-        ],
-        env,
-    )
+    nnunet_predict(env, DATASET_ID, CONFIG, trainer, Path(env["nnUNet_raw"]) / DATASET / "imagesTs", out)
 
 
 def evaluate(env: dict, trainer: str, predictions: Path) -> dict:

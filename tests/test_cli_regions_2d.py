@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-from conftest import run
+from conftest import nnunet_predict, nnunet_train, run
 
 from nnunet_hlfd.demo.pipeline import nnunet_environment
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
@@ -24,7 +24,7 @@ def test_regions_with_ignore_label_in_2d(tmp_path):
     env["nnUNet_n_proc_DA"] = "0"
     dataset = f"Dataset{DATASET_ID}_{NAME}"
     for trainer in ("nnUNetTrainerHLFDTeacher_debug", "nnUNetTrainerHLFD_debug"):
-        run(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu"], env)
+        nnunet_train(env, DATASET_ID, "2d", trainer)
 
     folder = Path(env["nnUNet_results"]) / dataset / "nnUNetTrainerHLFD_debug__nnUNetPlans__2d"
     checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -34,30 +34,6 @@ def test_regions_with_ignore_label_in_2d(tmp_path):
     assert plans["architecture"]["arch_kwargs"]["conv_op"].endswith("Conv2d")
 
     out = tmp_path / "pred"
-    run(
-        [
-            "nnUNetv2_predict",
-            "-i",
-            str(raw / "imagesTs"),
-            "-o",
-            str(out),
-            "-d",
-            str(DATASET_ID),
-            "-c",
-            "2d",
-            "-f",
-            "0",
-            "-tr",
-            "nnUNetTrainerHLFD_debug",
-            "-device",
-            "cpu",
-            "--disable_tta",
-            "-npp",
-            "1",
-            "-nps",
-            "1",
-        ],
-        env,
-    )
+    nnunet_predict(env, DATASET_ID, "2d", "nnUNetTrainerHLFD_debug", raw / "imagesTs", out)
     prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case_005.nii.gz")))
     assert set(np.unique(prediction)) <= {0, 1, 2}  # regions painted back into labels, never the ignore label
