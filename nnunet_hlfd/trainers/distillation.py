@@ -176,17 +176,27 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
 
     def _plot_kd_progress(self) -> None:
         log = self.logger.local_logger.my_fantastic_logging
-        fig, ax = plt.subplots(figsize=(10, 6))
-        for key in self.kd_log_keys:
-            ax.plot(range(len(log[key])), log[key], label=key[3:], linewidth=2)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("distillation term (unweighted; total is weighted)")
-        ax.set_yscale("log")
-        ax.legend()
-        ax.set_title(f"{type(self).__name__}: distillation terms per epoch")
-        fig.tight_layout()
-        fig.savefig(Path(self.output_folder) / "kd_progress.png")
-        plt.close(fig)
+        # nnU-Net's logger sets a huge seaborn font scale globally; this plot uses its own sizes
+        sizes = {
+            "font.size": 11,
+            "axes.titlesize": 12,
+            "axes.labelsize": 11,
+            "legend.fontsize": 10,
+            "xtick.labelsize": 10,
+            "ytick.labelsize": 10,
+        }
+        with plt.rc_context(sizes):
+            fig, ax = plt.subplots(figsize=(10, 6))
+            for key in self.kd_log_keys:
+                ax.plot(range(len(log[key])), log[key], label=key[3:], linewidth=2)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("value (terms unweighted, total weighted)")
+            ax.set_yscale("log")
+            ax.legend(loc="upper right")
+            ax.set_title(f"{self.method.name.upper()} distillation terms per epoch ({type(self).__name__})")
+            fig.tight_layout()
+            fig.savefig(Path(self.output_folder) / "kd_progress.png")
+            plt.close(fig)
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _unwrapped_adapters(self):
