@@ -144,28 +144,12 @@ def nnunet_train(env: dict, dataset_id: int, configuration: str, trainer: str, *
     return run(args, env, check)
 
 
-def nnunet_predict(env: dict, dataset_id: int, configuration: str, trainer: str, images, out) -> None:
+def nnunet_predict(
+    env: dict, dataset_id: int, configuration: str, trainer: str, images, out, plans: str = "nnUNetPlans"
+) -> None:
     """Stock nnUNetv2_predict of fold 0 on CPU, without test-time mirroring."""
-    args = [
-        "nnUNetv2_predict",
-        "-i",
-        str(images),
-        "-o",
-        str(out),
-        "-d",
-        str(dataset_id),
-        "-c",
-        configuration,
-        "-f",
-        "0",
-        "-tr",
-        trainer,
-        "-device",
-        "cpu",
-        "--disable_tta",
-        "-npp",
-        "1",
-        "-nps",
-        "1",
-    ]
+    # fmt: off
+    args = ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", configuration,
+            "-f", "0", "-tr", trainer, "-p", plans, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"]
+    # fmt: on
     run(args, env)
