@@ -92,7 +92,7 @@ class Bench:
         if only != "student_step":  # building only what a mode needs keeps its peak memory its own
             self.teacher = build_unet(dim, strides, cap, 1.0).to(device).eval().requires_grad_(False)
         if only in (None, "hlfd_step"):
-            # hooks are inert outside distiller.student_recording(), so the student-only step is unaffected
+            # hooks are inert outside distiller.forward(), so the student-only step is unaffected
             self.distiller = Distiller(HLFD(), regions=False)
             self.distiller.attach_student(self.student, NUM_CLASSES)
             self.distiller.attach_teacher(self.teacher)
@@ -120,9 +120,7 @@ class Bench:
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             if mode == "hlfd_step":
-                captured = self.distiller.run_teacher(self.x)
-                with self.distiller.student_recording():
-                    out = self.student(self.x)
+                out, captured = self.distiller.forward(self.student, self.x)
                 kd = self.distiller.losses(out, captured, {j: None for j in range(len(out))})["total"]
                 loss = self.loss_fn(out, self.targets) + kd
             else:

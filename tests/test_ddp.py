@@ -38,9 +38,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, wrap: bool) -> None:
         for step in range(3):
             x = torch.randn(2, 1, 8, 16, 16, generator=torch.Generator().manual_seed(1000 * rank + step))
             optimizer.zero_grad()
-            captured = distiller.run_teacher(x)
-            with distiller.student_recording():
-                out = student(x)
+            out, captured = distiller.forward(student, x)
             loss = distiller.losses(out, captured, {j: None for j in range(len(out))})["total"]
             loss.backward()
             optimizer.step()

@@ -34,7 +34,8 @@ class UNetLayout:
         return n_stages - 2 - decoder_stage
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel and torch.compile wrappers."""
     if hasattr(network, "module"):  # DistributedDataParallel
         network = network.module
     return getattr(network, "_orig_mod", network)  # torch.compile
@@ -42,7 +43,7 @@ def _unwrap(network: nn.Module) -> nn.Module:
 
 def unet_layout(network: nn.Module) -> UNetLayout:
     """Read the stage layout of an nnU-Net U-Net, or explain why it is not one."""
-    net = _unwrap(network)
+    net = unwrap(network)
     encoder, decoder = getattr(net, "encoder", None), getattr(net, "decoder", None)
     if encoder is None or decoder is None or not hasattr(encoder, "stages") or not hasattr(decoder, "stages"):
         raise StageLayoutError(
@@ -59,7 +60,7 @@ def unet_recorder(
     network: nn.Module, encoder_stages: Iterable[int] = (), decoder_stages: Iterable[int] = ()
 ) -> FeatureRecorder:
     """A recorder on the chosen stages only, named ``encoder.i`` / ``decoder.j``."""
-    net = _unwrap(network)
+    net = unwrap(network)
     modules = {f"encoder.{i}": net.encoder.stages[i] for i in encoder_stages}
     modules.update({f"decoder.{j}": net.decoder.stages[j] for j in decoder_stages})
     return FeatureRecorder(modules)

@@ -149,9 +149,16 @@ class Distiller:
         self.teacher_recorder.clear()
         return captured
 
-    def student_recording(self):
-        """Context manager: record the student's taps during its forward pass."""
-        return self.student_recorder.recording()
+    def forward(self, student: nn.Module, data: torch.Tensor):
+        """Teacher forward (no autograd), then ``student(data)`` with the student's taps recorded.
+
+        Pass the module nnU-Net trains (DDP- or compile-wrapped): calling its inner module would bypass DDP's
+        gradient synchronisation. Returns (student output, captured teacher).
+        """
+        teacher = self.run_teacher(data)
+        with self.student_recorder.recording():
+            output = student(data)
+        return output, teacher
 
     def losses(
         self, student_output, teacher: Captured, valid: dict[int, torch.Tensor | None]

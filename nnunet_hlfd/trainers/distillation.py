@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_hlfd.adapters import count_parameters
+from nnunet_hlfd.capture import unwrap
 from nnunet_hlfd.errors import TeacherMismatchError
 from nnunet_hlfd.methods import DistillationMethod, Distiller
 from nnunet_hlfd.methods.base import valid_masks
@@ -122,9 +122,7 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
 
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            teacher = self.distiller.run_teacher(data)
-            with self.distiller.student_recording():
-                output = self.network(data)
+            output, teacher = self.distiller.forward(self.network, data)
             seg_loss = self.loss(output, target)
             targets = target if isinstance(target, list) else [target]
             valid = valid_masks(
@@ -199,17 +197,13 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
             plt.close(fig)
 
     # ---- checkpoints -------------------------------------------------------------------------------------
-    def _unwrapped_adapters(self):
-        adapters = self.distiller.adapters
-        return adapters.module if isinstance(adapters, DDP) else adapters
-
     def save_checkpoint(self, filename: str) -> None:
         super().save_checkpoint(filename)
         if self.local_rank != 0 or self.disable_checkpointing:
             return
         # nnU-Net's checkpoint plus one key; network_weights stays student-only so stock predict loads it
         checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-        adapters = self._unwrapped_adapters()
+        adapters = unwrap(self.distiller.adapters) if self.distiller.adapters is not None else None
         checkpoint[CHECKPOINT_KEY] = {
             "method": self.method.name,
             "options": self.hlfd_options,
@@ -233,7 +227,6 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
                 f"trained from it (sha256 {state['teacher']['sha256'][:12]}… then, {self.teacher_model.sha256[:12]}… "
                 "now). Resuming would mix two teachers: restore that teacher or train into a new results folder."
             )
-        adapters = self._unwrapped_adapters()
-        if adapters is not None:
-            adapters.load_state_dict(state["adapters"])
+        if self.distiller.adapters is not None:
+            unwrap(self.distiller.adapters).load_state_dict(state["adapters"])
         self._add_log_keys()

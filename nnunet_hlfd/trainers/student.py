@@ -15,6 +15,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_hlfd.adapters import count_parameters
+from nnunet_hlfd.capture import unwrap
 from nnunet_hlfd.errors import OptionError
 from nnunet_hlfd.planning import check_stage_alignment, derive_student_architecture, student_configuration
 from nnunet_hlfd.teacher import TEACHER_ENV, TeacherSpec, default_teacher_spec, teacher_spec_from_path
@@ -168,8 +169,7 @@ class nnUNetTrainerStudent(nnUNetTrainer):
         """Subclasses attach what lives beside the student (the teacher) here."""
 
     def student_network(self) -> torch.nn.Module:
-        net = self.network.module if self.is_ddp else self.network
-        return getattr(net, "_orig_mod", net)
+        return unwrap(self.network)
 
     def _parameter_report(self) -> str:
         return f"Student parameters: {count_parameters(self.student_network()):,} (width {self.hlfd_options['width']})"
