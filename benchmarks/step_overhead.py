@@ -28,6 +28,7 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch import nn
 
 from nnunet_hlfd.methods import HLFD, Distiller
+from nnunet_hlfd.trainers.distillation import backward_and_step
 
 # (patch, batch, strides, features cap); features per stage = min(32 * 2^i, cap), as nnU-Net's planner does
 PLANS = {
@@ -125,16 +126,7 @@ class Bench:
                 loss = self.loss_fn(out, self.targets) + kd
             else:
                 loss = self.loss_fn(self.student(self.x), self.targets)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), 12)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), 12)
-            self.optimizer.step()
+        backward_and_step(loss, self.optimizer, self.scaler, list(self.student.parameters()))
 
     def sync(self) -> None:
         if self.device.type == "cuda":

@@ -156,7 +156,6 @@ def test_gradients_reach_student_and_adapters_never_the_teacher(dim, residual, h
     assert distiller.student_recorder.outputs == {}  # released after the loss
     assert all(p.grad is None for p in teacher.parameters())
     assert all(not p.requires_grad for p in teacher.parameters())
-    assert student.encoder.stages[0][0].convs[0].conv.weight.grad.abs().sum() > 0 if not residual else True
     first_encoder_weight = next(student.encoder.stages[0].parameters())
     assert first_encoder_weight.grad is not None and first_encoder_weight.grad.abs().sum() > 0
     if heads == "adapters":

@@ -39,7 +39,7 @@ class Teacher:
         }
 
     def build_network(self, device: torch.device) -> nn.Module:
-        """The teacher network with deep supervision on, weights loaded, frozen and in eval mode."""
+        """The teacher network with deep supervision on and its weights loaded (the Distiller freezes it)."""
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -55,8 +55,7 @@ class Teacher:
             enable_deep_supervision=True,
         )
         network.load_state_dict(self.network_weights)
-        network.requires_grad_(False)
-        return network.to(device).eval()
+        return network.to(device)
 
 
 def file_sha256(path: Path) -> str:

@@ -29,6 +29,21 @@ CHECKPOINT_KEY = "distillation"
 GRAD_CLIP = 12  # nnU-Net's
 
 
+def backward_and_step(loss: torch.Tensor, optimizer, grad_scaler, parameters: list, max_norm: float = GRAD_CLIP):
+    """nnU-Net's update (optional fp16 grad scaler, clip at 12, step) over all trainable parameters: the
+    student's and the adapters', which nnU-Net's own train_step would leave unclipped."""
+    if grad_scaler is not None:
+        grad_scaler.scale(loss).backward()
+        grad_scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        optimizer.step()
+
+
 class nnUNetTrainerDistillation(nnUNetTrainerStudent):
     """Base class of the KD trainers; a subclass only says which method it trains with."""
 
@@ -131,17 +146,7 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
             terms = self.distiller.losses(output, teacher, valid)
             loss = seg_loss + terms["total"]
 
-        params = self._trainable_parameters()
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-            self.optimizer.step()
+        backward_and_step(loss, self.optimizer, self.grad_scaler, self._trainable_parameters())
         logged = {f"kd_{name}": terms[name] for name in self.method.term_names} | {"kd_total": terms["total"]}
         return {"loss": loss.detach().cpu().numpy(), **{k: v.detach().cpu().numpy() for k, v in logged.items()}}
 
@@ -156,15 +161,14 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
-        means = {}
-        for key in self.kd_log_keys:
-            values = np.array([o[key] for o in train_outputs], dtype=np.float64)
-            if self.is_ddp:
-                gathered = [None] * dist.get_world_size()
-                dist.all_gather_object(gathered, values)
-                values = np.concatenate(gathered)
-            means[key] = float(values.mean())
-            self.logger.log(key, means[key], self.current_epoch)
+        values = {key: np.array([o[key] for o in train_outputs], dtype=np.float64) for key in self.kd_log_keys}
+        if self.is_ddp:  # one collective for all terms
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, values)
+            values = {key: np.concatenate([g[key] for g in gathered]) for key in self.kd_log_keys}
+        means = {key: float(v.mean()) for key, v in values.items()}
+        for key, mean in means.items():
+            self.logger.log(key, mean, self.current_epoch)
         self.print_to_log_file("distillation terms: " + ", ".join(f"{k[3:]} {v:.4f}" for k, v in means.items()))
 
     def on_epoch_end(self) -> None:
