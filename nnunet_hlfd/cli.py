@@ -1,6 +1,7 @@
 """``nnunet_hlfd``: the package's command line. Training and prediction use nnU-Net's own commands."""
 
 import argparse
+import sys
 
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
 
@@ -19,6 +20,70 @@ set-up line is missing in that shell (it is needed for training, --c, --val and 
 """
 
 
+def add_convert_parser(commands: argparse._SubParsersAction) -> None:
+    from nnunetv2.configuration import default_num_processes
+
+    from nnunet_hlfd.conversion import CONVERTERS
+    from nnunet_hlfd.conversion.core import DEFAULT_GEOMETRY_TOLERANCE
+    from nnunet_hlfd.conversion.tasks import TASKS, TUMOR_TASK_ID_OFFSET
+
+    convert = commands.add_parser(
+        "convert",
+        help="a challenge download -> nnU-Net raw dataset (KiTS19/21/23, LiTS, MSD, multi-site prostate)",
+        description="Convert a challenge download into nnUNet_raw/DatasetXXX_Name. Every case is checked first "
+        "(readable files, image/label geometry, label values); the dataset is written to a temporary folder "
+        "and moved into place only if every case succeeded.",
+    )
+    datasets = convert.add_subparsers(dest="dataset", required=True)
+    for name, converter in CONVERTERS.items():
+        sub = datasets.add_parser(name, help=converter.help, description=converter.help)
+        sub.add_argument("input", help="the extracted download (layout: dataset_conversion/README.md)")
+        sub.add_argument("-d", "--dataset-id", type=int, help="nnU-Net dataset id (default: see above)")
+        sub.add_argument("--name", help="dataset name in DatasetXXX_Name (default: the challenge's)")
+        sub.add_argument("-o", "--output", help="nnU-Net raw folder (default: $nnUNet_raw)")
+        sub.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that id and name")
+        sub.add_argument("-np", "--num-processes", type=int, default=default_num_processes, help="parallel workers")
+        sub.add_argument("--verify", action="store_true", help="run nnU-Net's dataset integrity check on the result")
+        sub.add_argument(
+            "--tolerance",
+            type=float,
+            default=DEFAULT_GEOMETRY_TOLERANCE,
+            help="image/label geometry tolerance (mm for spacing and origin, cosine for direction)",
+        )
+        if converter.has_task:
+            sub.add_argument(
+                "--task",
+                choices=TASKS,
+                default="organ_tumor",
+                help=f"organ_tumor: the challenge's labels/regions; tumor: HLFD's binary tumour task "
+                f"(default id + {TUMOR_TASK_ID_OFFSET}, name + 'Tumor')",
+            )
+        if converter.has_binarize:
+            sub.add_argument("--binarize", action="store_true", help="map every non-zero label value to prostate (1)")
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    from nnunet_hlfd.conversion import CONVERTERS, ConversionError
+
+    extra = {k: getattr(args, k) for k in ("task", "binarize") if hasattr(args, k)}
+    try:
+        summary = CONVERTERS[args.dataset].function(
+            args.input,
+            dataset_id=args.dataset_id,
+            name=args.name,
+            output_root=args.output,
+            overwrite=args.overwrite,
+            num_processes=args.num_processes,
+            verify=args.verify,
+            tolerance=args.tolerance,
+            **extra,
+        )
+    except ConversionError as e:
+        print(f"nnunet_hlfd convert {args.dataset}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(summary)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="nnunet_hlfd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -35,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         help="default: ~10 min on 2 CPU cores; quick: ~2 min smoke run whose numbers mean nothing",
     )
     demo.add_argument("--overwrite", action="store_true", help="replace the demo dataset in an existing --output")
+    add_convert_parser(commands)
     args = parser.parse_args(argv)
 
     if args.command == "ext-path":
@@ -45,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         from nnunet_hlfd.demo.pipeline import run_demo
 
         run_demo(args.output, args.profile, args.overwrite)
+    elif args.command == "convert":
+        run_convert(args)
 
 
 if __name__ == "__main__":
