@@ -95,8 +95,7 @@ class Bench:
         if only in (None, "hlfd_step"):
             # hooks are inert outside distiller.forward(), so the student-only step is unaffected
             self.distiller = Distiller(HLFD(), regions=False)
-            self.distiller.attach_student(self.student, NUM_CLASSES)
-            self.distiller.attach_teacher(self.teacher)
+            self.distiller.attach(self.student, self.teacher, NUM_CLASSES)
         self.optimizer = torch.optim.SGD(
             self.student.parameters(), 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5
         )

@@ -29,8 +29,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, wrap: bool) -> None:
         student, teacher = make_unet(3, 4), make_unet(3, 8)
         distiller = Distiller(HLFD(HLFDConfig(plfd_heads="adapters")), regions=False)
         torch.manual_seed(100 + rank)  # adapters start different on each rank
-        distiller.attach_student(student, num_classes=3)
-        distiller.attach_teacher(teacher)
+        distiller.attach(student, teacher, num_classes=3)
         if wrap:
             distiller.wrap_adapters_for_ddp(torch.device("cpu"), rank)
         optimizer = torch.optim.SGD(distiller.adapters.parameters(), lr=0.5)

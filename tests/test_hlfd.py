@@ -143,8 +143,7 @@ def test_ignored_voxels_do_not_count():
 def test_gradients_reach_student_and_adapters_never_the_teacher(dim, residual, heads):
     student, teacher = make_unet(dim, 4, residual), make_unet(dim, 8, residual)
     distiller = Distiller(HLFD(HLFDConfig(plfd_heads=heads)), regions=False)
-    distiller.attach_student(student, num_classes=3)
-    distiller.attach_teacher(teacher)
+    distiller.attach(student, teacher, num_classes=3)
     teacher.train()  # the distiller must put it back into eval mode
     x = torch.randn(2, 1, *PATCH[dim])
     out, captured = distiller.forward(student, x)
@@ -171,7 +170,6 @@ def test_gradients_reach_student_and_adapters_never_the_teacher(dim, residual, h
 def test_teacher_with_other_depth_is_refused():
     student = make_unet(3, 4)
     distiller = Distiller(HLFD(), regions=False)
-    distiller.attach_student(student, 3)
     teacher = make_unet(2, 8)  # 5 stages
     with pytest.raises(StageLayoutError, match="must align"):
-        distiller.attach_teacher(teacher)
+        distiller.attach(student, teacher, 3)

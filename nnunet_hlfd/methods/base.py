@@ -47,7 +47,7 @@ class DistillationMethod(ABC):
     @abstractmethod
     def teacher_taps(self, n_stages: int) -> Taps: ...
 
-    def build_adapters(self, student: UNetLayout, num_classes: int) -> nn.Module | None:
+    def build_adapters(self, student: UNetLayout, teacher: UNetLayout, num_classes: int) -> nn.Module | None:
         """Trainable student-side modules the loss needs, built once; None when there are none."""
         return None
 
@@ -90,7 +90,7 @@ def valid_masks(
 
 
 class Distiller:
-    """Frozen teacher + recorders + adapters for one method. Attach the student first, then the teacher."""
+    """Frozen teacher + recorders + adapters for one method, attached to a student by :meth:`attach`."""
 
     def __init__(self, method: DistillationMethod, regions: bool):
         self.method = method
@@ -101,29 +101,28 @@ class Distiller:
         self.teacher_recorder: FeatureRecorder | None = None
         self.adapters: nn.Module | None = None
 
-    def attach_student(self, student: nn.Module, num_classes: int) -> None:
-        """Hook the student and build the adapters; call before torch.compile and DDP wrapping."""
+    def attach(self, student: nn.Module, teacher: nn.Module, num_classes: int) -> None:
+        """Hook the student, freeze (eval mode, no gradients) and hook the teacher, build the adapters.
+
+        Call once, before torch.compile and DDP wrapping of the student; adapters may depend on both layouts
+        (e.g. FitNets maps student channels to teacher channels).
+        """
         if self.student_recorder is not None:
             return
-        self.student_layout = unet_layout(student)
-        taps = self.method.student_taps(self.student_layout.n_stages)
-        self.student_recorder = unet_recorder(student, taps.encoder, taps.decoder)
-        self.adapters = self.method.build_adapters(self.student_layout, num_classes)
-
-    def attach_teacher(self, teacher: nn.Module) -> None:
-        """Freeze the teacher (eval mode, no gradients) and hook it."""
-        if self.student_layout is None:
-            raise RuntimeError("attach the student before the teacher")
-        layout = unet_layout(teacher)
-        if layout.n_stages != self.student_layout.n_stages:
+        self.student_layout, teacher_layout = unet_layout(student), unet_layout(teacher)
+        if teacher_layout.n_stages != self.student_layout.n_stages:
             raise StageLayoutError(
-                f"teacher has {layout.n_stages} stages, student {self.student_layout.n_stages}: they must align"
+                f"teacher has {teacher_layout.n_stages} stages, student {self.student_layout.n_stages}: they must align"
             )
+        n = self.student_layout.n_stages
+        taps = self.method.student_taps(n)
+        self.student_recorder = unet_recorder(student, taps.encoder, taps.decoder)
         teacher.eval()
         teacher.requires_grad_(False)
         self.teacher = teacher
-        taps = self.method.teacher_taps(layout.n_stages)
+        taps = self.method.teacher_taps(n)
         self.teacher_recorder = unet_recorder(teacher, taps.encoder, taps.decoder)
+        self.adapters = self.method.build_adapters(self.student_layout, teacher_layout, num_classes)
 
     def wrap_adapters_for_ddp(self, device: torch.device, local_rank: int) -> None:
         """Under DDP, wrap the adapters on their own: rank 0's initial weights are broadcast and gradients are

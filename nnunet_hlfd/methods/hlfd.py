@@ -25,7 +25,7 @@ unified/individual split means the same for every depth.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -62,10 +62,6 @@ class HLFDConfig:
             raise ValueError(f"plfd_heads must be one of {PLFD_HEADS}, got {self.plfd_heads!r}")
         if self.temperature <= 0 or self.exponent <= 0:
             raise ValueError("temperature and exponent must be positive")
-
-    @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True)
@@ -206,7 +202,7 @@ class HLFD(DistillationMethod):
     def _adapter_stages(m: HLFDStageMapping) -> tuple[int, ...]:
         return tuple(sorted({m.plfd_unified_student, *m.plfd_individual_student}))
 
-    def build_adapters(self, student: UNetLayout, num_classes: int) -> nn.Module | None:
+    def build_adapters(self, student: UNetLayout, teacher: UNetLayout, num_classes: int) -> nn.Module | None:
         if self.config.plfd_heads != "adapters":
             return None
         stages = self._adapter_stages(hlfd_stage_mapping(student.n_stages))

@@ -1,30 +1,22 @@
 """nnU-Net trainers of this package. nnU-Net finds them through the shim folder (see nnunet_hlfd.ext_path)."""
 
+from nnunet_hlfd.trainers import baselines, hlfd, schedules, student
 from nnunet_hlfd.trainers.distillation import nnUNetTrainerDistillation
-from nnunet_hlfd.trainers.hlfd import nnUNetTrainerHLFD, nnUNetTrainerHLFD_adapters, nnUNetTrainerHLFD_w025
-from nnunet_hlfd.trainers.schedules import (
-    nnUNetTrainerHLFD_adapters_debug,
-    nnUNetTrainerHLFD_debug,
-    nnUNetTrainerHLFD_demo,
-    nnUNetTrainerHLFDTeacher_debug,
-    nnUNetTrainerHLFDTeacher_demo,
-    nnUNetTrainerStudent_debug,
-    nnUNetTrainerStudent_demo,
-)
-from nnunet_hlfd.trainers.student import nnUNetTrainerStudent, nnUNetTrainerStudent_w025
 
-__all__ = [
-    "nnUNetTrainerDistillation",
-    "nnUNetTrainerHLFD",
-    "nnUNetTrainerHLFDTeacher_debug",
-    "nnUNetTrainerHLFDTeacher_demo",
-    "nnUNetTrainerHLFD_adapters",
-    "nnUNetTrainerHLFD_adapters_debug",
-    "nnUNetTrainerHLFD_debug",
-    "nnUNetTrainerHLFD_demo",
-    "nnUNetTrainerHLFD_w025",
-    "nnUNetTrainerStudent",
-    "nnUNetTrainerStudent_debug",
-    "nnUNetTrainerStudent_demo",
-    "nnUNetTrainerStudent_w025",
-]
+
+def _trainers(module) -> dict[str, type]:
+    return {
+        name: obj for name, obj in vars(module).items() if name.startswith("nnUNetTrainer") and isinstance(obj, type)
+    }
+
+
+TRAINERS = {
+    "nnUNetTrainerDistillation": nnUNetTrainerDistillation,
+    **_trainers(student),
+    **_trainers(hlfd),
+    **_trainers(baselines),
+    **_trainers(schedules),
+}
+TRAINERS.pop("nnUNetTrainer", None)  # nnU-Net's own, imported by the schedules
+globals().update(TRAINERS)
+__all__ = sorted(TRAINERS)

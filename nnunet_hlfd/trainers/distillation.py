@@ -8,6 +8,7 @@ distillation terms in ``train_step`` and their per-epoch logging. A method is ch
 
 import json
 import os
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import matplotlib.pyplot as plt  # nnU-Net's logger has already selected the Agg backend
@@ -44,11 +45,23 @@ def backward_and_step(loss: torch.Tensor, optimizer, grad_scaler, parameters: li
         optimizer.step()
 
 
+def _from_json(value):
+    return tuple(value) if isinstance(value, list) else value  # a plans block gives lists for tuple options
+
+
 class nnUNetTrainerDistillation(nnUNetTrainerStudent):
-    """Base class of the KD trainers; a subclass only says which method it trains with."""
+    """Base class of the KD trainers. A subclass declares its method and that method's config: the config's
+    fields become options (class defaults, overridable per dataset by the plans block, recorded)."""
+
+    method_class: type[DistillationMethod]
+    config = None  # a frozen dataclass instance: the method's hyper-parameters
+
+    def option_defaults(self) -> dict:
+        return {**super().option_defaults(), **asdict(self.config)}
 
     def build_method(self, options: dict) -> DistillationMethod:
-        raise NotImplementedError(f"{type(self).__name__} must define build_method")
+        values = {f.name: _from_json(options[f.name]) for f in fields(self.config)}
+        return self.method_class(type(self.config)(**values))
 
     def __init__(
         self,
@@ -80,7 +93,9 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
         # nnU-Net asks this right after building self.network and before compiling and DDP-wrapping it: the
         # one point where forward hooks can be attached ahead of torch.compile.
         if self.network is not None and self.distiller.student_recorder is None:
-            self.distiller.attach_student(self.network, self.label_manager.num_segmentation_heads)
+            teacher = self.teacher_model.build_network(self.device)
+            self.teacher_model.network_weights = None  # built; no second copy in memory
+            self.distiller.attach(self.network, teacher, self.label_manager.num_segmentation_heads)
             if self.distiller.adapters is not None:
                 self.distiller.adapters.to(self.device)
         # Compilation of hooked students is not verified yet: only when asked for explicitly.
@@ -98,8 +113,6 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
         return optimizer, lr_scheduler
 
     def _after_network_built(self) -> None:
-        self.distiller.attach_teacher(self.teacher_model.build_network(self.device))
-        self.teacher_model.network_weights = None  # built; no second copy in memory
         if self.is_ddp:
             self.distiller.wrap_adapters_for_ddp(self.device, self.local_rank)
 

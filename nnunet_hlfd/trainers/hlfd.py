@@ -1,7 +1,5 @@
 """HLFD trainers: ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr nnUNetTrainerHLFD``."""
 
-from dataclasses import asdict
-
 from nnunet_hlfd.methods import HLFD, HLFDConfig
 from nnunet_hlfd.trainers.distillation import nnUNetTrainerDistillation
 
@@ -9,13 +7,8 @@ from nnunet_hlfd.trainers.distillation import nnUNetTrainerDistillation
 class nnUNetTrainerHLFD(nnUNetTrainerDistillation):
     """HLFD with a half-width student (defaults from the authors' code)."""
 
-    hlfd: HLFDConfig = HLFDConfig()
-
-    def option_defaults(self) -> dict:
-        return {**super().option_defaults(), **asdict(self.hlfd)}
-
-    def build_method(self, options: dict) -> HLFD:
-        return HLFD(HLFDConfig(**{name: options[name] for name in HLFDConfig.option_names()}))
+    method_class = HLFD
+    config = HLFDConfig()
 
 
 class nnUNetTrainerHLFD_w025(nnUNetTrainerHLFD):
@@ -27,4 +20,28 @@ class nnUNetTrainerHLFD_w025(nnUNetTrainerHLFD):
 class nnUNetTrainerHLFD_adapters(nnUNetTrainerHLFD):
     """HLFD whose pixel-level student predictions come from learned 1×1 adapters instead of the DS heads."""
 
-    hlfd = HLFDConfig(plfd_heads="adapters")
+    config = HLFDConfig(plfd_heads="adapters")
+
+
+class nnUNetTrainerHLFD_flfd_only(nnUNetTrainerHLFD):
+    """Ablation: feature-level feedback only (alpha = 0)."""
+
+    config = HLFDConfig(alpha=0.0)
+
+
+class nnUNetTrainerHLFD_plfd_only(nnUNetTrainerHLFD):
+    """Ablation: pixel-level feedback only (beta = 0)."""
+
+    config = HLFDConfig(beta=0.0)
+
+
+class nnUNetTrainerHLFD_unified_only(nnUNetTrainerHLFD):
+    """Ablation: the unified terms only (individual weight 0)."""
+
+    config = HLFDConfig(individual_weight=0.0)
+
+
+class nnUNetTrainerHLFD_individual_only(nnUNetTrainerHLFD):
+    """Ablation: the individual terms only (unified weight 0)."""
+
+    config = HLFDConfig(unified_weight=0.0)

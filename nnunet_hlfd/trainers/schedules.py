@@ -4,11 +4,19 @@ Each class is a stock trainer with one schedule mixed in; the student trainers p
 with the same schedule.
 """
 
+import os
+
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_hlfd.trainers.hlfd import nnUNetTrainerHLFD, nnUNetTrainerHLFD_adapters
+from nnunet_hlfd.trainers import baselines, hlfd
+from nnunet_hlfd.trainers.distillation import nnUNetTrainerDistillation
+from nnunet_hlfd.trainers.hlfd import nnUNetTrainerHLFD
 from nnunet_hlfd.trainers.student import nnUNetTrainerStudent
+
+# Debug schedules only: exit right after this epoch's checkpoint, as an interrupted run would (resume tests).
+STOP_AFTER_EPOCH_ENV = "nnUNet_hlfd_stop_after_epoch"
+INTERRUPTED_EXIT_CODE = 75
 
 
 class _ShortSchedule:
@@ -28,6 +36,14 @@ class _ShortSchedule:
         self.num_epochs = self.epochs
         self.num_iterations_per_epoch = self.iterations
         self.num_val_iterations_per_epoch = self.val_iterations
+        self.save_every = 1  # checkpoint_latest.pth after every epoch, so that an interruption can be resumed
+
+    def on_epoch_end(self) -> None:
+        super().on_epoch_end()
+        stop = os.environ.get(STOP_AFTER_EPOCH_ENV)
+        if stop is not None and self.current_epoch == int(stop) < self.num_epochs:
+            self.print_to_log_file(f"{STOP_AFTER_EPOCH_ENV}={stop}: stopping as an interrupted run would")
+            raise SystemExit(INTERRUPTED_EXIT_CODE)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -58,12 +74,23 @@ class nnUNetTrainerStudent_debug(_Debug, nnUNetTrainerStudent):
     pass
 
 
-class nnUNetTrainerHLFD_debug(_Debug, nnUNetTrainerHLFD):
-    pass
+def _distillation_trainers() -> list[type]:
+    found = [
+        cls
+        for module in (hlfd, baselines)
+        for cls in vars(module).values()
+        if isinstance(cls, type) and issubclass(cls, nnUNetTrainerDistillation) and cls.__module__ == module.__name__
+    ]
+    return [cls for cls in found if not cls.__name__.endswith("_w025")]  # width variants need no own debug
 
 
-class nnUNetTrainerHLFD_adapters_debug(_Debug, nnUNetTrainerHLFD_adapters):
-    pass
+def _debug_variant(trainer: type) -> type:
+    return type(f"{trainer.__name__}_debug", (_Debug, trainer), {"__module__": __name__, "__doc__": trainer.__doc__})
+
+
+# nnUNetTrainerHLFD_debug, nnUNetTrainerLogitKD_debug, ...: every distillation trainer with the debug schedule
+DEBUG_TRAINERS = {cls.__name__: cls for cls in map(_debug_variant, _distillation_trainers())}
+globals().update(DEBUG_TRAINERS)
 
 
 class nnUNetTrainerHLFDTeacher_demo(_Demo, nnUNetTrainer):
