@@ -2,11 +2,15 @@
 
 import copy
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
+
+from nnunet_hlfd.demo.pipeline import nnunet_environment
+from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
 
 STRIDES = {
     3: [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],  # anisotropic first pooling, as nnU-Net plans it
@@ -153,3 +157,35 @@ def nnunet_predict(
             "-f", "0", "-tr", trainer, "-p", plans, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"]
     # fmt: on
     run(args, env)
+
+
+# ---------------------------------------------------------------------------------------------------
+# one tiny 3D dataset, planned and preprocessed, with a debug teacher: shared by the end-to-end CLI tests
+
+DATASET_ID = 990
+DATASET = "Dataset990_HLFDSynthetic"
+CONFIG = "3d_fullres"
+TEACHER = "nnUNetTrainerHLFDTeacher_debug"
+
+
+def model_folder(env: dict, trainer: str) -> Path:
+    return Path(env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__{CONFIG}"
+
+
+def train(env: dict, trainer: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    return nnunet_train(env, DATASET_ID, CONFIG, trainer, *extra, check=check)
+
+
+def predict(env: dict, trainer: str, out: Path) -> None:
+    nnunet_predict(env, DATASET_ID, CONFIG, trainer, Path(env["nnUNet_raw"]) / DATASET / "imagesTs", out)
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nnunet")
+    env = nnunet_environment(root)
+    make_synthetic_dataset(root / "nnUNet_raw", DATASET_ID, num_training=6, num_test=2)
+    run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIG, "-np", "1", "-npfp", "1"], env)
+    env["nnUNet_n_proc_DA"] = "0"  # single-threaded augmentation: deterministic and fast on 2 cores
+    train(env, TEACHER)
+    return env

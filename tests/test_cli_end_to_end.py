@@ -10,30 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
-from conftest import nnunet_predict, nnunet_train, run
+from conftest import CONFIG, DATASET, DATASET_ID, TEACHER, model_folder, predict, run, train
 
-from nnunet_hlfd.demo.pipeline import nnunet_environment
-from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
-
-DATASET_ID = 990
-DATASET = "Dataset990_HLFDSynthetic"
-CONFIG = "3d_fullres"
-TEACHER = "nnUNetTrainerHLFDTeacher_debug"
-
-
-def model_folder(env: dict, trainer: str) -> Path:
-    return Path(env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__{CONFIG}"
-
-
-def train(env: dict, trainer: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    return nnunet_train(env, DATASET_ID, CONFIG, trainer, *extra, check=check)
-
-
-def predict(env: dict, trainer: str, out: Path) -> None:
-    nnunet_predict(env, DATASET_ID, CONFIG, trainer, Path(env["nnUNet_raw"]) / DATASET / "imagesTs", out)
 
 
 def evaluate(env: dict, trainer: str, predictions: Path) -> dict:
@@ -68,17 +48,6 @@ def interrupt_after_first_epoch(fold: Path) -> None:
     torch.save(checkpoint, fold / "checkpoint_latest.pth")
     for name in ("checkpoint_final.pth", "checkpoint_best.pth"):
         (fold / name).unlink()
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nnunet")
-    env = nnunet_environment(root)
-    make_synthetic_dataset(root / "nnUNet_raw", DATASET_ID, num_training=6, num_test=2)
-    run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIG, "-np", "1", "-npfp", "1"], env)
-    env["nnUNet_n_proc_DA"] = "0"  # single-threaded augmentation: deterministic and fast on 2 cores
-    train(env, TEACHER)
-    return env
 
 
 def test_ext_path_folder_holds_only_the_shim():

@@ -1,0 +1,63 @@
+"""Every KD baseline and HLFD ablation trainer through nnU-Net's own CLI on the shared tiny 3D dataset:
+train until an interruption after epoch 1, resume with ``--c`` to the end, predict with ``nnUNetv2_predict``.
+
+The chains run two at a time (nnU-Net's start-up dominates on 2 cores); each trainer's outcome is then
+checked on its own.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import model_folder, predict, train
+
+from nnunet_hlfd.trainers.schedules import DEBUG_TRAINERS, INTERRUPTED_EXIT_CODE, STOP_AFTER_EPOCH_ENV
+
+COVERED_ELSEWHERE = {"nnUNetTrainerHLFD_debug", "nnUNetTrainerHLFD_adapters_debug"}  # test_cli_end_to_end.py
+TRAINERS = sorted(set(DEBUG_TRAINERS) - COVERED_ELSEWHERE)
+WITH_ADAPTERS = {"nnUNetTrainerFitNets_debug", "nnUNetTrainerHLFD_concatenated_feedback_debug"}
+
+
+def train_interrupt_resume_predict(env: dict, trainer: str, out: Path) -> str:
+    """Runs the chain; returns '' or what went wrong (so that one trainer's failure does not hide another's)."""
+    interrupted = train(dict(env, **{STOP_AFTER_EPOCH_ENV: "1"}), trainer, check=False)
+    if interrupted.returncode != INTERRUPTED_EXIT_CODE:
+        return f"first run ended with {interrupted.returncode}:\n{interrupted.stderr[-2000:]}"
+    fold = model_folder(env, trainer) / "fold_0"
+    if not (fold / "checkpoint_latest.pth").is_file() or (fold / "checkpoint_final.pth").exists():
+        return "the interrupted run left no checkpoint_latest.pth (or already a final one)"
+    resumed = train(env, trainer, "--c", check=False)
+    if resumed.returncode != 0:
+        return f"--c ended with {resumed.returncode}:\n{resumed.stderr[-2000:]}"
+    predict(env, trainer, out)
+    return ""
+
+
+@pytest.fixture(scope="module")
+def chains(pipeline, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predictions")
+    with ThreadPoolExecutor(2) as pool:
+        futures = {t: pool.submit(train_interrupt_resume_predict, pipeline, t, out / t) for t in TRAINERS}
+    return {t: f.result() if f.exception() is None else repr(f.exception()) for t, f in futures.items()}, out
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_trainer_trains_resumes_and_predicts(pipeline, chains, trainer):
+    problems, out = chains
+    assert problems[trainer] == ""
+    fold = model_folder(pipeline, trainer) / "fold_0"
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2
+    kd = final["logging"]["kd_total"]
+    assert len(kd) == 2 and all(np.isfinite(v) and v > 0 for v in kd)  # one value per epoch, across the resume
+    saved = final["distillation"]
+    assert bool(saved["adapters"]) == (trainer in WITH_ADAPTERS)
+    log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "trainable adapter parameters:" in log
+    assert f"{STOP_AFTER_EPOCH_ENV}=1: stopping" in log
+    predictions = sorted((out / trainer).glob("*.nii.gz"))
+    assert len(predictions) == 2
+    assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(predictions[0]))))) <= {0, 1, 2}
