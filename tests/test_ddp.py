@@ -6,12 +6,21 @@ This is the distillation side of nnU-Net's `-num_gpus N` path (which itself need
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import make_unet
 
 from nnunet_hlfd.methods import HLFD, Distiller, HLFDConfig
+from nnunet_hlfd.methods.fitnets import FitNets
+from nnunet_hlfd.methods.hlfd_ablations import ConcatenatedFeedback
+
+METHODS_WITH_ADAPTERS = {
+    "hlfd_adapters": lambda: HLFD(HLFDConfig(plfd_heads="adapters")),
+    "fitnets": FitNets,
+    "concatenated_feedback": ConcatenatedFeedback,
+}
 
 
 def _free_port() -> int:
@@ -20,14 +29,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, wrap: bool) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, wrap: bool, method: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
         student, teacher = make_unet(3, 4), make_unet(3, 8)
-        distiller = Distiller(HLFD(HLFDConfig(plfd_heads="adapters")), regions=False)
+        distiller = Distiller(METHODS_WITH_ADAPTERS[method](), regions=False)
         torch.manual_seed(100 + rank)  # adapters start different on each rank
         distiller.attach(student, teacher, num_classes=3)
         if wrap:
@@ -48,13 +57,14 @@ def _worker(rank: int, world: int, port: int, out_dir: str, wrap: bool) -> None:
         dist.destroy_process_group()
 
 
-def _run(tmp_path, wrap: bool) -> list[dict]:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), wrap), nprocs=2, join=True)
+def _run(tmp_path, wrap: bool, method: str = "hlfd_adapters") -> list[dict]:
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), wrap, method), nprocs=2, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
 
-def test_adapters_identical_on_every_rank_under_ddp(tmp_path):
-    r0, r1 = _run(tmp_path, wrap=True)
+@pytest.mark.parametrize("method", METHODS_WITH_ADAPTERS)
+def test_adapters_identical_on_every_rank_under_ddp(tmp_path, method):
+    r0, r1 = _run(tmp_path, wrap=True, method=method)
     assert r0["losses"] != r1["losses"]  # the ranks did see different data
     assert r0["state"].keys() == r1["state"].keys()
     for key in r0["state"]:
