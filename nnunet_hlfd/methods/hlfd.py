@@ -41,6 +41,7 @@ from nnunet_hlfd.losses import (
     soft_probabilities,
 )
 from nnunet_hlfd.methods.base import Captured, DistillationMethod, Taps
+from nnunet_hlfd.methods.stage_pairs import feature_pair_loss, pixel_pair_loss, spread
 
 PLFD_HEADS = ("deep_supervision", "adapters")
 
@@ -142,13 +143,8 @@ def hlfd_loss(
     flfd_unified = attention_transfer(attention_map(s0, p), teacher_mix)
 
     # FLFD individual: the teacher's bottleneck -> each student middle stage, on the bottleneck grid
-    bottleneck = attention_map(teacher_encoder[mapping.flfd_individual_teacher], p)
-    flfd_individual = torch.stack(
-        [
-            attention_transfer(resize(attention_map(student_encoder[i], p), _spatial(bottleneck)), bottleneck)
-            for i in mapping.flfd_individual_student
-        ]
-    ).mean()
+    to_bottleneck = [(i, mapping.flfd_individual_teacher) for i in mapping.flfd_individual_student]
+    flfd_individual = feature_pair_loss(student_encoder, teacher_encoder, spread(1.0, to_bottleneck), p)
 
     # PLFD unified: mean soft prediction of the teacher's non-final decoder stages -> student's deepest stage
     deepest = student_logits[mapping.plfd_unified_student]
@@ -161,13 +157,8 @@ def hlfd_loss(
     plfd_unified = soft_kl(deepest, teacher_mean, T, regions, valid.get(mapping.plfd_unified_student))
 
     # PLFD individual: the teacher's final prediction -> each student decoder stage, on that stage's grid
-    final = soft_probabilities(teacher_logits[mapping.plfd_individual_teacher], T, regions)
-    plfd_individual = torch.stack(
-        [
-            soft_kl(student_logits[j], resize(final, _spatial(student_logits[j])), T, regions, valid.get(j))
-            for j in mapping.plfd_individual_student
-        ]
-    ).mean()
+    from_final = [(j, mapping.plfd_individual_teacher) for j in mapping.plfd_individual_student]
+    plfd_individual = pixel_pair_loss(student_logits, teacher_logits, spread(1.0, from_final), T, regions, valid)
 
     flfd = config.unified_weight * flfd_unified + config.individual_weight * flfd_individual
     plfd = config.unified_weight * plfd_unified + config.individual_weight * plfd_individual
