@@ -27,6 +27,8 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_hlfd.grid import grid, grid_differences, same_grid_exactly
+
 FILE_ENDING = ".nii.gz"
 # Absolute tolerance for image/label geometry: millimetres for spacing and origin, cosines for direction.
 DEFAULT_GEOMETRY_TOLERANCE = 1e-3
@@ -178,24 +180,9 @@ def _read(case_id: str, path: Path, what: str) -> sitk.Image:
         raise CaseError(case_id, f"cannot read {what} file {path}: {detail}", RE_DOWNLOAD) from None
 
 
-def _geometry(image: sitk.Image) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
-    """Size, spacing, origin and direction of the first three axes (a 4D image's channels excluded)."""
-    dim = image.GetDimension()
-    direction = np.array(image.GetDirection()).reshape(dim, dim)[:3, :3]
-    return image.GetSize()[:3], np.array(image.GetSpacing()[:3]), np.array(image.GetOrigin()[:3]), direction
-
-
 def check_geometry(case_id: str, image: sitk.Image, label: sitk.Image, tolerance: float) -> bool:
     """Raise unless image and label share a grid; returns True if the label header differs within tolerance."""
-    size_i, spacing_i, origin_i, direction_i = _geometry(image)
-    size_l, spacing_l, origin_l, direction_l = _geometry(label)
-    problems = []
-    if size_i != size_l:
-        problems.append(f"size {size_l} vs image {size_i}")
-    pairs = (("spacing", spacing_l, spacing_i), ("origin", origin_l, origin_i), ("direction", direction_l, direction_i))
-    for what, a, b in pairs:
-        if not np.allclose(a, b, rtol=0, atol=tolerance):
-            problems.append(f"{what} {a.round(5).ravel().tolist()} vs image {b.round(5).ravel().tolist()}")
+    problems = grid_differences(label, image, tolerance, "image")
     if problems:
         raise CaseError(
             case_id,
@@ -203,12 +190,7 @@ def check_geometry(case_id: str, image: sitk.Image, label: sitk.Image, tolerance
             "this label does not belong to this image, or one of them was resampled/reoriented: "
             "use the files exactly as the challenge distributes them",
         )
-    exact = (
-        np.array_equal(spacing_l, spacing_i)
-        and np.array_equal(origin_l, origin_i)
-        and np.array_equal(direction_l, direction_i)
-    )
-    return not exact
+    return not same_grid_exactly(label, image)
 
 
 def _value_counts(array: np.ndarray) -> dict[float, int]:
@@ -273,7 +255,7 @@ def convert_case(
             written = sitk.GetImageFromArray(lut[index])
             written.SetSpacing(image.GetSpacing()[:3])
             written.SetOrigin(image.GetOrigin()[:3])
-            written.SetDirection(_geometry(image)[3].ravel().tolist())
+            written.SetDirection(grid(image)[3].ravel().tolist())
             sitk.WriteImage(written, str(label_out), useCompression=True)
 
     if image.GetDimension() == 4:
