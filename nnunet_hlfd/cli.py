@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from nnunet_hlfd.evaluation import cli as evaluation_cli
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
 
 SETUP_LINE = f"export nnUNet_extTrainer={EXT_TRAINER_DIR}"
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     demo.add_argument("--overwrite", action="store_true", help="replace the demo dataset in an existing --output")
     add_convert_parser(commands)
+    evaluation_cli.add_parsers(commands)
     args = parser.parse_args(argv)
 
     if args.command == "ext-path":
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         run_demo(args.output, args.profile, args.overwrite)
     elif args.command == "convert":
         run_convert(args)
+    elif args.command in evaluation_cli.COMMANDS:
+        evaluation_cli.run(args)
 
 
 if __name__ == "__main__":

@@ -15,3 +15,8 @@ class TeacherMismatchError(DistillationSetupError):
 
 class OptionError(DistillationSetupError):
     pass
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation, comparison, efficiency or figure command cannot run on the given folders. Raised before
+    anything is written."""

@@ -1,0 +1,245 @@
+"""``compare``: evaluated runs (teacher, student alone, KD methods; several folds or seeds each) in one table.
+
+A *run* is a name and one or more ``evaluate`` outputs (its repeats: folds or seeds). Per label/region and
+metric the table gives
+
+- mean ± std: the mean of the repeats' means, ± their sample standard deviation when the run has two or
+  more repeats, else ± the sample standard deviation over cases (the table says which);
+- Δ and p against the student baseline: the mean paired difference over the cases both runs evaluated (a
+  case's value is its mean over the run's repeats that contain it) and the two-sided Wilcoxon signed-rank
+  test on those pairs;
+- gap recovered: (run − student) / (teacher − student), the share of the teacher's lead the run recovers.
+
+RVD is compared as |RVD| (closer to 0 is better, whatever the sign).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_hlfd.errors import EvaluationError
+from nnunet_hlfd.evaluation.evaluate import PER_CASE_FILE, SUMMARY_FILE, read_per_case
+from nnunet_hlfd.evaluation.files import write_csv, write_text
+from nnunet_hlfd.evaluation.metrics import METRICS, UNITS
+
+COMPARED = tuple("|RVD|" if m == "RVD" else m for m in METRICS)
+CSV_FILE = "comparison.csv"
+MARKDOWN_FILE = "comparison.md"
+CSV_COLUMNS = (
+    "class",
+    "run",
+    "metric",
+    "mean",
+    "std",
+    "std_over",
+    "repeats",
+    "cases",
+    "delta_vs_baseline",
+    "p_value",
+    "paired_cases",
+    "gap_recovered",
+)
+
+
+def _value(row: dict, metric: str) -> float:
+    return abs(row["RVD"]) if metric == "|RVD|" else row[metric]
+
+
+@dataclass
+class Run:
+    """One run's per-case values: ``values[class][metric][repeat]`` maps case -> value (NaN dropped)."""
+
+    name: str
+    sources: list[Path]
+    values: dict[str, dict[str, list[dict[str, float]]]]
+    tolerance_mm: float | None = None  # NSD's, from the summary beside each CSV
+
+
+def per_case_file(path: str | os.PathLike) -> Path:
+    """An ``evaluate`` output folder (or a predictions folder it wrote into), or the CSV itself."""
+    path = Path(path)
+    file = path / PER_CASE_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise EvaluationError(f"{file} not found: run `nnunet_hlfd evaluate` on that predictions folder first")
+    return file
+
+
+def load_run(name: str, paths: list[str | os.PathLike]) -> Run:
+    sources = [per_case_file(p) for p in paths]
+    values: dict = defaultdict(lambda: {m: [] for m in COMPARED})
+    for source in sources:
+        rows = read_per_case(source)
+        by_class = defaultdict(list)
+        for row in rows:
+            by_class[row["class"]].append(row)
+        for cls, class_rows in by_class.items():
+            for metric in COMPARED:
+                values[cls][metric].append(
+                    {r["case"]: _value(r, metric) for r in class_rows if not math.isnan(_value(r, metric))}
+                )
+    tolerances = set()
+    for source in sources:
+        summary = source.with_name(SUMMARY_FILE)
+        if summary.is_file():
+            tolerances.add(json.loads(summary.read_text()).get("nsd_tolerance_mm"))
+    if len(tolerances) > 1:
+        raise EvaluationError(f"run {name}: its repeats were evaluated with different NSD tolerances {tolerances}")
+    return Run(name, sources, dict(values), tolerances.pop() if tolerances else None)
+
+
+def _case_means(repeats: list[dict[str, float]]) -> dict[str, float]:
+    pooled = defaultdict(list)
+    for repeat in repeats:
+        for case, value in repeat.items():
+            pooled[case].append(value)
+    return {case: float(np.mean(v)) for case, v in pooled.items()}
+
+
+def summarize_metric(repeats: list[dict[str, float]]) -> dict:
+    means = [float(np.mean(list(r.values()))) for r in repeats if r]
+    cases = _case_means(repeats)
+    if len(means) >= 2:
+        std, over = float(np.std(means, ddof=1)), "repeats"
+    else:
+        std, over = (float(np.std(list(cases.values()), ddof=1)) if len(cases) >= 2 else None), "cases"
+    return {
+        "mean": float(np.mean(means)) if means else None,
+        "std": std,
+        "std_over": over,
+        "repeats": len(repeats),
+        "cases": len(cases),
+    }
+
+
+def paired_difference(run: list[dict[str, float]], baseline: list[dict[str, float]]) -> dict:
+    """Mean paired difference (run − baseline) over the common cases, and the Wilcoxon signed-rank p."""
+    from scipy.stats import wilcoxon
+
+    a, b = _case_means(run), _case_means(baseline)
+    common = sorted(set(a) & set(b))
+    differences = np.array([a[c] - b[c] for c in common], dtype=np.float64)
+    if not common:
+        return {"delta_vs_baseline": None, "p_value": None, "paired_cases": 0}
+    if np.all(differences == 0):
+        p = 1.0
+    elif len(common) < 2:
+        p = None
+    else:
+        p = float(wilcoxon(differences).pvalue)
+    return {"delta_vs_baseline": float(differences.mean()), "p_value": p, "paired_cases": len(common)}
+
+
+def compare_runs(runs: list[Run], baseline: str, teacher: str | None = None) -> list[dict]:
+    """Rows of the comparison (one per class, run and metric), in the order the runs were given."""
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise EvaluationError(f"run names must be unique: {names}")
+    if baseline not in names:
+        raise EvaluationError(
+            f"no run named '{baseline}' (runs: {', '.join(names)}): name the student-alone run {baseline}=PATH, "
+            "or pass --baseline NAME"
+        )
+    if teacher is not None and teacher not in names:
+        raise EvaluationError(f"no run named '{teacher}' (runs: {', '.join(names)}): pass --teacher NAME")
+    tolerances = {r.tolerance_mm for r in runs}
+    if len(tolerances) > 1:
+        raise EvaluationError(
+            "runs were evaluated with different NSD tolerances ("
+            + ", ".join(f"{r.name}: {r.tolerance_mm}" for r in runs)
+            + "): evaluate them all with the same --tolerance-mm"
+        )
+    classes = list(runs[0].values)
+    for run in runs[1:]:
+        if set(run.values) != set(classes):
+            raise EvaluationError(
+                f"runs evaluated different labels/regions: {runs[0].name} has {sorted(classes)}, {run.name} has "
+                f"{sorted(run.values)} (evaluate every run with the same dataset.json)"
+            )
+    by_name = {r.name: r for r in runs}
+    rows = []
+    for cls in classes:
+        for metric in COMPARED:
+            stats = {r.name: summarize_metric(r.values[cls][metric]) for r in runs}
+            base, top = stats[baseline]["mean"], stats[teacher]["mean"] if teacher else None
+            for run in runs:
+                row = {"class": cls, "run": run.name, "metric": metric, **stats[run.name]}
+                if run.name != baseline:
+                    row.update(paired_difference(run.values[cls][metric], by_name[baseline].values[cls][metric]))
+                gap = None
+                if top is not None and base is not None and row["mean"] is not None and abs(top - base) > 1e-12:
+                    gap = (row["mean"] - base) / (top - base)
+                row["gap_recovered"] = gap if run.name not in (baseline, teacher) else None
+                rows.append(row)
+    return rows
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _mean_std(row: dict) -> str:
+    return _number(row["mean"]) + ("" if row["std"] is None else f" ± {_number(row['std'])}")
+
+
+def _delta(row: dict) -> str:
+    if row.get("delta_vs_baseline") is None:
+        return "–"
+    p = row["p_value"]
+    gap = row["gap_recovered"]
+    text = f"{row['delta_vs_baseline']:+.3f} (p={'–' if p is None else f'{p:.3g}'})"
+    return text + ("" if gap is None else f", {100 * gap:.0f}%")
+
+
+def _header(metric: str, tolerance_mm: float | None) -> str:
+    if metric == "NSD" and tolerance_mm is not None:
+        return f"NSD@{tolerance_mm:g}mm"
+    return metric + (f" ({UNITS[metric]})" if metric in UNITS else "")
+
+
+def format_markdown(rows: list[dict], baseline: str, teacher: str | None, tolerance_mm: float | None = None) -> str:
+    """Per class: a table of mean ± std, then a table of Δ to the baseline (p, gap recovered)."""
+    out = []
+    for cls in dict.fromkeys(r["class"] for r in rows):
+        own = [r for r in rows if r["class"] == cls]
+        runs = list(dict.fromkeys(r["run"] for r in own))
+        cell = {(r["run"], r["metric"]): r for r in own}
+        head = [_header(m, tolerance_mm) for m in COMPARED]
+        out.append(f"### {cls}\n")
+        out.append("| run | repeats × cases | " + " | ".join(head) + " |")
+        out.append("|---|---|" + "---|" * len(head))
+        for run in runs:
+            first = cell[(run, "Dice")]
+            out.append(
+                f"| {run} | {first['repeats']} × {first['cases']} | "
+                + " | ".join(_mean_std(cell[(run, m)]) for m in COMPARED)
+                + " |"
+            )
+        out.append("")
+        out.append(f"| Δ vs {baseline} (p{', gap recovered' if teacher else ''}) | " + " | ".join(head) + " |")
+        out.append("|---|" + "---|" * len(head))
+        for run in runs:
+            if run != baseline:
+                out.append(f"| {run} | " + " | ".join(_delta(cell[(run, m)]) for m in COMPARED) + " |")
+        out.append("")
+    over = {r["std_over"] for r in rows}
+    out.append(
+        "mean ± sample std over "
+        + (" or ".join(sorted(over)) + " (repeats where a run has two or more folds/seeds, else cases)")
+        + f". Δ: mean paired difference to {baseline} over the cases both evaluated; p: two-sided Wilcoxon "
+        "signed-rank test"
+        + (f"; gap recovered: (run − {baseline}) / ({teacher} − {baseline})" if teacher else "")
+        + ". Higher is better for Dice and NSD, lower for VOE, |RVD|, HD95 and ASSD."
+    )
+    return "\n".join(out) + "\n"
+
+
+def write_comparison(rows: list[dict], markdown: str, output: Path) -> None:
+    write_csv(output / CSV_FILE, rows, CSV_COLUMNS)
+    write_text(output / MARKDOWN_FILE, markdown)

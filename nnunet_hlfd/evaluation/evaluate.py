@@ -1,0 +1,266 @@
+"""``evaluate``: a predictions folder against nnU-Net raw reference labels, per case and per label/region.
+
+Everything is checked before a metric is computed (folders, dataset.json, case lists, every file's voxel
+grid), so a mismatch fails in seconds with the case named, and nothing is written. The per-case CSV and the
+summary JSON are written to temporary names and renamed, so a folder never holds half a result.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnunet_hlfd.errors import EvaluationError
+from nnunet_hlfd.evaluation.files import write_csv, write_text
+from nnunet_hlfd.evaluation.metrics import DEFAULT_TOLERANCE_MM, METRICS, mask_metrics
+from nnunet_hlfd.grid import grid_differences
+
+PER_CASE_FILE = "metrics_per_case.csv"
+SUMMARY_FILE = "metrics_summary.json"
+GEOMETRY_TOLERANCE = 1e-3
+CSV_COLUMNS = ("case", "class", "label_or_region", *METRICS, "prediction_voxels", "reference_voxels")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A label or region of dataset.json, evaluated as one binary mask."""
+
+    name: str
+    value: int | tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        return str(self.value)  # nnU-Net's summary.json keys: "1", "(1, 2, 3)"
+
+
+@dataclass(frozen=True)
+class Task:
+    """What evaluating one dataset needs: its labels/regions, its ignore label and its file ending."""
+
+    targets: tuple[Target, ...]
+    ignore_label: int | None
+    file_ending: str
+
+
+def read_task(dataset_json: dict) -> Task:
+    """Labels or regions (KiTS/LiTS hierarchies) as nnU-Net's LabelManager reads dataset.json."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    manager = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
+    names = {}
+    for name, value in dataset_json["labels"].items():
+        names[str(tuple(value) if isinstance(value, (list, tuple)) and len(value) > 1 else _scalar(value))] = name
+    values = manager.foreground_regions if manager.has_regions else manager.foreground_labels
+    targets = []
+    for value in values:
+        value = tuple(value) if isinstance(value, (list, tuple)) and len(value) > 1 else _scalar(value)
+        targets.append(Target(names.get(str(value), str(value)), value))
+    return Task(tuple(targets), manager.ignore_label, dataset_json.get("file_ending", ".nii.gz"))
+
+
+def _scalar(value) -> int:
+    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
+
+
+def find_dataset_json(predictions: Path, references: Path, dataset_json: str | os.PathLike | None) -> Path:
+    """The explicit file, else the one nnUNetv2_predict copies into its output, else nnUNet_raw's."""
+    candidates = (
+        [Path(dataset_json)] if dataset_json else [predictions / "dataset.json", references.parent / "dataset.json"]
+    )
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise EvaluationError(
+        f"no dataset.json found (looked for {', '.join(map(str, candidates))}): pass it with --dataset-json, e.g. "
+        "nnUNet_raw/DatasetXXX_Name/dataset.json"
+    )
+
+
+def _cases(folder: Path, file_ending: str, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise EvaluationError(f"{what} folder {folder} does not exist")
+    return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir()) if p.name.endswith(file_ending)}
+
+
+def pair_cases(
+    predictions: Path, references: Path, file_ending: str, chill: bool = False
+) -> dict[str, tuple[Path, Path]]:
+    """case id -> (prediction, reference). Every prediction needs a reference; every reference needs a
+    prediction unless ``chill`` (e.g. one fold's validation folder against all of gt_segmentations)."""
+    predicted = _cases(predictions, file_ending, "predictions")
+    reference = _cases(references, file_ending, "reference")
+    if not reference:
+        raise EvaluationError(f"no reference labels ending in {file_ending} in {references}")
+    if not predicted:
+        raise EvaluationError(
+            f"no predictions ending in {file_ending} in {predictions} (is it the nnUNetv2_predict output folder?)"
+        )
+    orphans = sorted(set(predicted) - set(reference))
+    if orphans:
+        raise EvaluationError(
+            f"{len(orphans)} prediction(s) have no reference label in {references}: {_first(orphans)}. Are these "
+            "folders from the same dataset and split (imagesTs predictions need labelsTs)?"
+        )
+    missing = sorted(set(reference) - set(predicted))
+    if missing and not chill:
+        raise EvaluationError(
+            f"{len(missing)} reference case(s) have no prediction in {predictions}: {_first(missing)}. Predict them, "
+            "or pass --chill to evaluate only the predicted cases (e.g. a fold's validation folder)."
+        )
+    return {case: (predicted[case], reference[case]) for case in sorted(predicted)}
+
+
+def _first(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _header(path: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise EvaluationError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}") from None
+    return reader
+
+
+def check_grids(pairs: dict[str, tuple[Path, Path]], tolerance: float = GEOMETRY_TOLERANCE) -> None:
+    """Raise unless each prediction lies on its reference's voxel grid (headers only: fast)."""
+    problems = []
+    for case, (prediction, reference) in pairs.items():
+        differences = grid_differences(_header(prediction), _header(reference), tolerance, "reference")
+        if differences:
+            problems.append(f"{case}: " + "; ".join(differences))
+    if problems:
+        raise EvaluationError(
+            f"{len(problems)} prediction(s) are not on their reference's voxel grid:\n  "
+            + "\n  ".join(problems[:5])
+            + "\nPredictions must be in the reference's original geometry, as nnUNetv2_predict writes them: were "
+            "they resampled, cropped, or predicted from other images?"
+        )
+
+
+def evaluate_case(
+    case: str, prediction_file: Path, reference_file: Path, task: Task, tolerance_mm: float
+) -> list[dict]:
+    """One row per label/region of one case."""
+    prediction_image, reference_image = sitk.ReadImage(str(prediction_file)), sitk.ReadImage(str(reference_file))
+    prediction = sitk.GetArrayFromImage(prediction_image)
+    reference = sitk.GetArrayFromImage(reference_image)
+    spacing = reference_image.GetSpacing()[::-1]  # array axes are (z, y, x)
+    allowed = {0, *(v for t in task.targets for v in np.atleast_1d(t.value))}
+    unexpected = sorted(set(np.unique(prediction).tolist()) - allowed)
+    if unexpected:
+        raise EvaluationError(
+            f"{case}: prediction {prediction_file} has label values {unexpected} that dataset.json does not "
+            "define: wrong dataset.json, or a prediction of another dataset?"
+        )
+    from nnunetv2.evaluation.evaluate_predictions import region_or_label_to_mask
+
+    ignore = reference == task.ignore_label if task.ignore_label is not None else None
+    rows = []
+    for target in task.targets:
+        metrics = mask_metrics(
+            region_or_label_to_mask(prediction, target.value),
+            region_or_label_to_mask(reference, target.value),
+            spacing,
+            tolerance_mm,
+            ignore,
+        )
+        rows.append({"case": case, "class": target.name, "label_or_region": target.key, **metrics})
+    return rows
+
+
+def _evaluate_case_star(args: tuple) -> list[dict]:
+    return evaluate_case(*args)
+
+
+def summarize(rows: list[dict], task: Task) -> dict:
+    """Per label/region and metric: mean, std, median over the cases where the metric is defined, and n."""
+    classes = {}
+    for target in task.targets:
+        own = [r for r in rows if r["label_or_region"] == target.key]
+        stats = {}
+        for metric in METRICS:
+            values = np.array([r[metric] for r in own if not math.isnan(r[metric])], dtype=np.float64)
+            stats[metric] = {
+                "mean": float(values.mean()) if values.size else None,
+                "std": float(values.std()) if values.size else None,
+                "median": float(np.median(values)) if values.size else None,
+                "n": int(values.size),
+            }
+        classes[target.name] = {
+            "label_or_region": target.key,
+            "metrics": stats,
+            "cases": len(own),
+            "reference_empty": sum(r["reference_voxels"] == 0 for r in own),
+            "prediction_empty": sum(r["prediction_voxels"] == 0 for r in own),
+            "both_empty": sum(r["reference_voxels"] == 0 and r["prediction_voxels"] == 0 for r in own),
+        }
+    foreground = {}
+    for metric in METRICS:
+        means = [c["metrics"][metric]["mean"] for c in classes.values() if c["metrics"][metric]["mean"] is not None]
+        foreground[metric] = float(np.mean(means)) if means else None
+    return {"classes": classes, "foreground_mean": foreground}
+
+
+def write_results(rows: list[dict], summary: dict, output: Path) -> None:
+    write_csv(output / PER_CASE_FILE, rows, CSV_COLUMNS)
+    write_text(output / SUMMARY_FILE, json.dumps(summary, indent=2))
+
+
+def read_per_case(path: Path) -> list[dict]:
+    """Rows of a per-case CSV with numbers as floats (an empty cell, i.e. an undefined RVD, as NaN)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for metric in METRICS:
+            row[metric] = float(row[metric]) if row[metric] != "" else float("nan")
+    return rows
+
+
+def evaluate_folder(
+    predictions: str | os.PathLike,
+    references: str | os.PathLike,
+    dataset_json: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+    num_processes: int = 1,
+    chill: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Evaluate, write ``metrics_per_case.csv`` and ``metrics_summary.json`` into ``output`` (default: the
+    predictions folder) and return the summary."""
+    predictions, references = Path(predictions), Path(references)
+    dataset_json_file = find_dataset_json(predictions, references, dataset_json)
+    task = read_task(json.loads(dataset_json_file.read_text()))
+    pairs = pair_cases(predictions, references, task.file_ending, chill)
+    check_grids(pairs)
+    jobs = [(case, p, r, task, tolerance_mm) for case, (p, r) in pairs.items()]
+    bar = dict(total=len(jobs), desc="evaluate", unit="case", disable=not progress)
+    if num_processes > 1:
+        with ProcessPoolExecutor(num_processes, mp_context=get_context("spawn")) as pool:
+            per_case = list(tqdm(pool.map(_evaluate_case_star, jobs), **bar))
+    else:
+        per_case = [evaluate_case(*job) for job in tqdm(jobs, **bar)]
+    rows = [row for case_rows in per_case for row in case_rows]
+    summary = {
+        "predictions": str(predictions.resolve()),
+        "references": str(references.resolve()),
+        "dataset_json": str(dataset_json_file.resolve()),
+        "nsd_tolerance_mm": tolerance_mm,
+        "num_cases": len(pairs),
+        **summarize(rows, task),
+    }
+    write_results(rows, summary, Path(output) if output else predictions)
+    return summary

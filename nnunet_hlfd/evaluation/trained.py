@@ -1,0 +1,55 @@
+"""Trained nnU-Net models, loaded the way ``nnUNetv2_predict`` loads them, and their preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnunet_hlfd.errors import EvaluationError
+
+
+def load_predictor(folder: Path, fold: int | str, checkpoint: str, device: torch.device):
+    """An ``nnUNetPredictor`` for one fold of a results folder (no mirroring, no progress bars)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    folder = Path(folder)
+    if not (folder / "plans.json").is_file() or not (folder / "dataset.json").is_file():
+        raise EvaluationError(
+            f"{folder} is not an nnU-Net results folder (no plans.json/dataset.json): pass "
+            "nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION"
+        )
+    if not (folder / f"fold_{fold}" / checkpoint).is_file():
+        raise EvaluationError(f"{folder / f'fold_{fold}' / checkpoint} not found: is fold {fold} trained (-f, -chk)?")
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=device, allow_tqdm=False)
+    fold = int(fold) if str(fold).isdigit() else fold
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=(fold,), checkpoint_name=checkpoint)
+    return predictor
+
+
+def case_files(images: Path, file_ending: str) -> dict[str, list[str]]:
+    """case id -> its channel files (``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ...)."""
+    from nnunetv2.utilities.utils import (
+        create_lists_from_splitted_dataset_folder,
+        get_identifiers_from_splitted_dataset_folder,
+    )
+
+    if not Path(images).is_dir():
+        raise EvaluationError(f"images folder {images} does not exist")
+    ids = get_identifiers_from_splitted_dataset_folder(str(images), file_ending)
+    if not ids:
+        raise EvaluationError(f"no images ending in _0000{file_ending} in {images}")
+    return dict(zip(ids, create_lists_from_splitted_dataset_folder(str(images), file_ending, ids)))
+
+
+def preprocess(
+    predictor, image_files: list[str], seg_file: str | None = None
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """A case preprocessed as this model's plans say: (C, *spatial) float tensor, and the label map if given."""
+    configuration = predictor.configuration_manager
+    preprocessor = configuration.preprocessor_class(verbose=False)
+    data, seg, _ = preprocessor.run_case(
+        image_files, seg_file, predictor.plans_manager, configuration, predictor.dataset_json
+    )
+    return torch.from_numpy(np.ascontiguousarray(data)).float(), (seg[0] if seg_file else None)

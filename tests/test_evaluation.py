@@ -1,0 +1,341 @@
+"""Evaluation metrics against volumes with known answers, and the evaluate/compare commands on small folders."""
+
+import csv
+import json
+import math
+import re
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy.ndimage import binary_erosion
+from scipy.spatial.distance import cdist
+
+from nnunet_hlfd.errors import EvaluationError
+from nnunet_hlfd.evaluation.compare import compare_runs, format_markdown, load_run
+from nnunet_hlfd.evaluation.evaluate import PER_CASE_FILE, SUMMARY_FILE, evaluate_folder
+from nnunet_hlfd.evaluation.metrics import mask_metrics, overlap_metrics, surface_metrics
+
+SPACING = (3.0, 2.0, 0.5)  # (z, y, x) mm: anisotropic, as in CT
+
+
+def box(shape, start, size) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(slice(s, s + n) for s, n in zip(start, size))] = True
+    return mask
+
+
+# ---- metrics with answers worked out by hand ---------------------------------------------------------------
+def test_box_shifted_by_one_voxel_along_the_finest_axis():
+    """Two 4x4x4 boxes, one shifted by one voxel along x (0.5 mm). Of each box's 56 boundary voxels, 20 lie
+    0.5 mm from the other boundary (the 16 of the leading face and the 4 inner voxels of the trailing face),
+    the other 36 on it."""
+    reference = box((8, 8, 10), (2, 2, 2), (4, 4, 4))
+    prediction = box((8, 8, 10), (2, 2, 3), (4, 4, 4))
+    m = mask_metrics(prediction, reference, SPACING, tolerance_mm=0.4)
+    assert m["Dice"] == pytest.approx(2 * 48 / 128)
+    assert m["VOE"] == pytest.approx(1 - 48 / 80)
+    assert m["RVD"] == 0
+    assert m["HD95"] == pytest.approx(0.5)
+    assert m["ASSD"] == pytest.approx(40 * 0.5 / 112)
+    assert m["NSD"] == pytest.approx(72 / 112)
+    assert surface_metrics(prediction, reference, SPACING, tolerance_mm=0.5)["NSD"] == pytest.approx(1.0)
+
+
+def test_single_voxels_at_an_anisotropic_distance():
+    reference = box((6, 6, 6), (1, 1, 1), (1, 1, 1))
+    prediction = box((6, 6, 6), (3, 2, 4), (1, 1, 1))
+    distance = math.sqrt((2 * 3.0) ** 2 + (1 * 2.0) ** 2 + (3 * 0.5) ** 2)
+    m = mask_metrics(prediction, reference, SPACING, tolerance_mm=distance + 0.01)
+    assert (m["Dice"], m["VOE"], m["RVD"]) == (0.0, 1.0, 0.0)
+    assert m["HD95"] == pytest.approx(distance) and m["ASSD"] == pytest.approx(distance)
+    assert m["NSD"] == 1.0
+    assert surface_metrics(prediction, reference, SPACING, tolerance_mm=distance - 0.01)["NSD"] == 0.0
+    same = mask_metrics(reference, reference, SPACING)
+    assert (same["Dice"], same["VOE"], same["HD95"], same["ASSD"], same["NSD"]) == (1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def test_over_segmentation_gives_a_positive_rvd():
+    reference = box((6, 6, 6), (1, 1, 1), (2, 2, 2))
+    prediction = box((6, 6, 6), (1, 1, 1), (2, 2, 3))
+    assert overlap_metrics(prediction, reference) == pytest.approx({"Dice": 16 / 20, "VOE": 1 - 8 / 12, "RVD": 0.5})
+
+
+def test_empty_masks_have_the_documented_values():
+    empty = np.zeros((4, 5, 6), dtype=bool)
+    voxel = box((4, 5, 6), (1, 1, 1), (1, 1, 1))
+    diagonal = math.sqrt((4 * 3.0) ** 2 + (5 * 2.0) ** 2 + (6 * 0.5) ** 2)
+    both = mask_metrics(empty, empty, SPACING)
+    assert {k: both[k] for k in ("Dice", "VOE", "RVD", "HD95", "ASSD", "NSD")} == {
+        "Dice": 1.0, "VOE": 0.0, "RVD": 0.0, "HD95": 0.0, "ASSD": 0.0, "NSD": 1.0
+    }  # fmt: skip
+    missed = mask_metrics(empty, voxel, SPACING)
+    assert (missed["Dice"], missed["VOE"], missed["RVD"], missed["NSD"]) == (0.0, 1.0, -1.0, 0.0)
+    assert missed["HD95"] == pytest.approx(diagonal) and missed["ASSD"] == pytest.approx(diagonal)
+    hallucinated = mask_metrics(voxel, empty, SPACING)
+    assert math.isnan(hallucinated["RVD"])  # undefined: left out of the mean, see the summary test
+    assert hallucinated["HD95"] == pytest.approx(diagonal) and hallucinated["Dice"] == 0.0
+
+
+def test_a_2d_case_stored_as_one_slice_uses_in_plane_distances():
+    """1 x H x W: the single slice must not be eroded away through the slice axis."""
+    reference = box((1, 10, 10), (0, 2, 2), (1, 4, 4))
+    prediction = box((1, 10, 10), (0, 2, 3), (1, 4, 4))
+    m = surface_metrics(prediction, reference, (5.0, 2.0, 1.0), tolerance_mm=0.5)
+    # of 12 boundary pixels per square, 4 + 2 lie one pixel along x (1 mm) from the other boundary, 6 on it
+    assert m["HD95"] == pytest.approx(1.0)
+    assert m["ASSD"] == pytest.approx(12 * 1.0 / 24)
+    assert m["NSD"] == pytest.approx(12 / 24)
+
+
+def brute_force_surface(prediction, reference, spacing, tolerance):
+    """Independent float64 reference: boundary = mask minus its 6-connected erosion, all pairwise distances."""
+
+    def boundary_points(mask):
+        edge = mask & ~binary_erosion(mask, border_value=0)
+        return np.argwhere(edge).astype(np.float64) * np.asarray(spacing, dtype=np.float64)
+
+    p, r = boundary_points(prediction), boundary_points(reference)
+    d = cdist(p, r)
+    to_r, to_p = d.min(1), d.min(0)
+    both = np.concatenate([to_r, to_p])
+    return {
+        "HD95": max(np.percentile(to_r, 95), np.percentile(to_p, 95)),
+        "ASSD": both.mean(),
+        "NSD": (both <= tolerance).mean(),
+    }
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI's own deprecation inside its public functions
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_surface_metrics_match_brute_force_and_monai_public_functions(seed):
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
+
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in (12, 20, 24)], indexing="ij")
+
+    def blob():
+        c = rng.uniform([3, 5, 6], [9, 15, 18])
+        r = rng.uniform(2, 5, size=3)
+        return ((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 <= 1
+
+    prediction, reference = blob(), blob() | blob()
+    spacing = (2.5, 0.8, 1.1)
+    ours = surface_metrics(prediction, reference, spacing, tolerance_mm=1.5)
+    assert ours == pytest.approx(brute_force_surface(prediction, reference, spacing, 1.5), rel=1e-6)  # MONAI: float32
+    one_hot = [torch.from_numpy(m)[None, None] for m in (prediction, reference)]
+    assert ours["HD95"] == pytest.approx(
+        float(compute_hausdorff_distance(*one_hot, True, percentile=95, spacing=spacing))
+    )
+    assert ours["ASSD"] == pytest.approx(
+        float(compute_average_surface_distance(*one_hot, True, symmetric=True, spacing=spacing))
+    )
+    assert ours["NSD"] == pytest.approx(float(compute_surface_dice(*one_hot, [1.5], True, spacing=spacing)))
+
+
+# ---- evaluate on folders ----------------------------------------------------------------------------------
+DATASET_JSON = {
+    "channel_names": {"0": "CT"},
+    "labels": {"background": 0, "organ": 1, "tumour": 2},
+    "numTraining": 3,
+    "file_ending": ".nii.gz",
+}
+KITS_REGIONS_JSON = {
+    "channel_names": {"0": "CT"},
+    "labels": {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2},
+    "regions_class_order": [1, 3, 2],
+    "numTraining": 3,
+    "file_ending": ".nii.gz",
+}
+
+
+def write(path, array, spacing=SPACING, origin=(0.0, 0.0, 0.0)):
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.SetSpacing(tuple(reversed(spacing)))
+    image.SetOrigin(origin)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def three_cases(tmp_path, dataset_json=DATASET_JSON):
+    """case_a: organ and tumour, predicted with the tumour shifted; case_b: no tumour in the reference and one
+    predicted; case_c: neither has a tumour."""
+    shape = (8, 12, 14)
+    ref, pred = tmp_path / "labels", tmp_path / "pred"
+    organ = box(shape, (1, 2, 2), (6, 8, 10))
+    a_ref = organ.astype(np.uint8) + box(shape, (2, 4, 4), (3, 3, 3))
+    a_pred = organ.astype(np.uint8) + box(shape, (2, 4, 5), (3, 3, 3))
+    b_pred = organ.astype(np.uint8) + box(shape, (3, 5, 5), (1, 1, 1))
+    for case, r, p in [("case_a", a_ref, a_pred), ("case_b", organ, b_pred), ("case_c", organ, organ)]:
+        write(ref / f"{case}.nii.gz", np.asarray(r))
+        write(pred / f"{case}.nii.gz", np.asarray(p))
+    (tmp_path / "dataset.json").write_text(json.dumps(dataset_json))
+    return pred, ref
+
+
+def test_evaluate_writes_per_case_csv_and_summary_without_nan(tmp_path):
+    pred, ref = three_cases(tmp_path)
+    summary = evaluate_folder(pred, ref, tmp_path / "dataset.json", progress=False)
+    with open(pred / PER_CASE_FILE) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["case"], r["class"]) for r in rows] == [
+        (c, k) for c in ("case_a", "case_b", "case_c") for k in ("organ", "tumour")
+    ]
+    tumour = {r["case"]: r for r in rows if r["class"] == "tumour"}
+    assert float(tumour["case_a"]["Dice"]) == pytest.approx(2 * 18 / 54)
+    assert tumour["case_b"]["RVD"] == ""  # undefined against an empty reference
+    assert float(tumour["case_c"]["Dice"]) == 1.0 and float(tumour["case_c"]["HD95"]) == 0.0
+    stats = summary["classes"]["tumour"]
+    assert stats["metrics"]["Dice"]["mean"] == pytest.approx((2 * 18 / 54 + 0 + 1) / 3)
+    assert stats["metrics"]["RVD"]["n"] == 2 and stats["metrics"]["Dice"]["n"] == 3
+    assert (stats["reference_empty"], stats["prediction_empty"], stats["both_empty"]) == (2, 1, 1)
+    assert json.loads((pred / SUMMARY_FILE).read_text()) == json.loads(json.dumps(summary))
+    assert "NaN" not in (pred / SUMMARY_FILE).read_text()
+
+
+def test_regions_are_evaluated_as_nested_masks(tmp_path):
+    shape = (6, 8, 8)
+    reference = box(shape, (1, 1, 1), (4, 6, 6)).astype(np.uint8)
+    reference[2:4, 2:4, 2:4] = 2
+    reference[2:4, 5:6, 5:6] = 3
+    prediction = reference.copy()
+    prediction[prediction == 3] = 2  # the cyst called tumour: right for kidney and masses, wrong for tumour
+    write(tmp_path / "labels" / "k.nii.gz", reference)
+    write(tmp_path / "pred" / "k.nii.gz", prediction)
+    (tmp_path / "dataset.json").write_text(json.dumps(KITS_REGIONS_JSON))
+    summary = evaluate_folder(tmp_path / "pred", tmp_path / "labels", tmp_path / "dataset.json", progress=False)
+    dice = {name: c["metrics"]["Dice"]["mean"] for name, c in summary["classes"].items()}
+    assert dice == pytest.approx({"kidney": 1.0, "masses": 1.0, "tumor": 2 * 8 / (8 + 10)})
+    assert summary["classes"]["masses"]["label_or_region"] == "(2, 3)"
+
+
+def test_ignore_label_voxels_count_for_neither_mask(tmp_path):
+    labels = dict(DATASET_JSON, labels={"background": 0, "organ": 1, "ignore": 2})
+    reference = box((4, 6, 6), (1, 1, 1), (2, 2, 2)).astype(np.uint8)
+    reference[0] = 2  # unannotated slice
+    prediction = box((4, 6, 6), (0, 1, 1), (3, 2, 2)).astype(np.uint8)  # extends into the unannotated slice
+    write(tmp_path / "labels" / "c.nii.gz", reference)
+    write(tmp_path / "pred" / "c.nii.gz", prediction)
+    (tmp_path / "dataset.json").write_text(json.dumps(labels))
+    summary = evaluate_folder(tmp_path / "pred", tmp_path / "labels", tmp_path / "dataset.json", progress=False)
+    assert list(summary["classes"]) == ["organ"]
+    assert summary["classes"]["organ"]["metrics"]["Dice"]["mean"] == 1.0
+
+
+def test_evaluate_finds_dataset_json_beside_the_labels_and_runs_in_workers(tmp_path):
+    raw = tmp_path / "Dataset001_X"
+    pred, ref = three_cases(raw)
+    (raw / "labelsTs").mkdir()
+    for f in ref.iterdir():
+        f.rename(raw / "labelsTs" / f.name)
+    serial = evaluate_folder(pred, raw / "labelsTs", output=tmp_path / "serial", progress=False)
+    parallel = evaluate_folder(pred, raw / "labelsTs", output=tmp_path / "parallel", num_processes=2, progress=False)
+    assert serial["classes"] == parallel["classes"]
+    assert serial["dataset_json"] == str((raw / "dataset.json").resolve())
+
+
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda p, r: (p / "case_c.nii.gz").unlink(), "1 reference case(s) have no prediction"),
+        (lambda p, r: (r / "case_c.nii.gz").unlink(), "have no reference label"),
+        (
+            lambda p, r: write(p / "case_b.nii.gz", np.zeros((8, 12, 14)), spacing=(3.0, 2.0, 0.6)),
+            "case_b: spacing [0.6, 2.0, 3.0] vs reference [0.5, 2.0, 3.0]",
+        ),
+        (lambda p, r: write(p / "case_b.nii.gz", np.zeros((8, 12, 13))), "case_b: size (13, 12, 8)"),
+        (lambda p, r: write(p / "case_b.nii.gz", np.full((8, 12, 14), 7)), "label values [7]"),
+        (lambda p, r: [f.unlink() for f in p.glob("*.nii.gz")], "no predictions ending in .nii.gz"),
+    ],
+    ids=["missing-prediction", "orphan-prediction", "spacing", "size", "label-value", "empty-folder"],
+)
+def test_evaluate_refuses_mismatched_folders_before_writing(tmp_path, break_it, message):
+    pred, ref = three_cases(tmp_path)
+    break_it(pred, ref)
+    with pytest.raises(EvaluationError, match=re.escape(message)):
+        evaluate_folder(pred, ref, tmp_path / "dataset.json", progress=False)
+    assert not (pred / PER_CASE_FILE).exists() and not (pred / SUMMARY_FILE).exists()
+    assert not list(pred.glob(".*partial"))
+
+
+def test_chill_evaluates_only_the_predicted_cases(tmp_path):
+    pred, ref = three_cases(tmp_path)
+    (pred / "case_c.nii.gz").unlink()
+    summary = evaluate_folder(pred, ref, tmp_path / "dataset.json", chill=True, progress=False)
+    assert summary["num_cases"] == 2
+
+
+def test_evaluate_cli_prints_means_and_exits_2_on_errors(tmp_path):
+    pred, ref = three_cases(tmp_path)
+    ok = subprocess.run(
+        ["nnunet_hlfd", "evaluate", str(pred), str(ref), "-djfile", str(tmp_path / "dataset.json"), "-np", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "3 cases" in ok.stdout and "tumour: Dice 0.556" in ok.stdout
+    assert "evaluate: 100%" in ok.stderr  # progress bar
+    bad = subprocess.run(
+        ["nnunet_hlfd", "evaluate", str(pred), str(tmp_path / "nowhere")], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "no dataset.json found" in bad.stderr or "does not exist" in bad.stderr
+
+
+# ---- compare ---------------------------------------------------------------------------------------------
+def per_case_csv(folder, values: dict[str, float], tolerance=1.0):
+    """A minimal evaluate output: one class, Dice and HD95 from ``values`` (HD95 = 10 × (1 − Dice))."""
+    folder.mkdir(parents=True)
+    columns = ["case", "class", "label_or_region", "Dice", "VOE", "RVD", "HD95", "ASSD", "NSD"]
+    with open(folder / PER_CASE_FILE, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for case, d in values.items():
+            writer.writerow([case, "tumour", "2", d, 1 - d, -0.1, 10 * (1 - d), 1 - d, d])
+    (folder / SUMMARY_FILE).write_text(json.dumps({"nsd_tolerance_mm": tolerance}))
+    return folder
+
+
+def test_compare_means_paired_test_and_gap_recovered(tmp_path):
+    from scipy.stats import wilcoxon
+
+    cases = [f"c{i}" for i in range(8)]
+    rng = np.random.default_rng(0)
+    student = dict(zip(cases, rng.uniform(0.5, 0.7, 8)))
+    teacher = {c: v + 0.2 for c, v in student.items()}
+    seeds = [{c: v + 0.05 + 0.02 * s + 0.01 * i for i, (c, v) in enumerate(student.items())} for s in range(2)]
+    runs = [
+        load_run("teacher", [per_case_csv(tmp_path / "t", teacher)]),
+        load_run("student", [per_case_csv(tmp_path / "s", student)]),
+        load_run("hlfd", [per_case_csv(tmp_path / f"h{s}", seeds[s]) for s in range(2)]),
+    ]
+    rows = compare_runs(runs, "student", "teacher")
+    get = {(r["run"], r["metric"]): r for r in rows}
+    hlfd = get[("hlfd", "Dice")]
+    seed_means = [np.mean(list(s.values())) for s in seeds]
+    assert hlfd["mean"] == pytest.approx(np.mean(seed_means))
+    assert hlfd["std"] == pytest.approx(np.std(seed_means, ddof=1)) and hlfd["std_over"] == "repeats"
+    assert get[("student", "Dice")]["std"] == pytest.approx(np.std(list(student.values()), ddof=1))
+    paired = [np.mean([s[c] for s in seeds]) - student[c] for c in cases]
+    assert hlfd["delta_vs_baseline"] == pytest.approx(np.mean(paired))
+    assert hlfd["p_value"] == pytest.approx(wilcoxon(paired).pvalue)
+    assert hlfd["gap_recovered"] == pytest.approx((hlfd["mean"] - np.mean(list(student.values()))) / 0.2)
+    # lower-is-better metrics recover the gap with the same sign
+    assert get[("hlfd", "HD95")]["gap_recovered"] == pytest.approx(hlfd["gap_recovered"])
+    assert get[("hlfd", "|RVD|")]["mean"] == pytest.approx(0.1)
+    markdown = format_markdown(rows, "student", "teacher", runs[0].tolerance_mm)
+    assert "| hlfd | 2 × 8 |" in markdown and "NSD@1mm" in markdown
+    assert f"{100 * hlfd['gap_recovered']:.0f}%" in markdown
+
+
+def test_compare_refuses_runs_it_cannot_pair(tmp_path):
+    a = load_run("student", [per_case_csv(tmp_path / "a", {"x": 0.5})])
+    b = load_run("hlfd", [per_case_csv(tmp_path / "b", {"x": 0.6}, tolerance=2.0)])
+    with pytest.raises(EvaluationError, match="different NSD tolerances"):
+        compare_runs([a, b], "student")
+    with pytest.raises(EvaluationError, match="no run named 'baseline'"):
+        compare_runs([a], "baseline")
+    with pytest.raises(EvaluationError, match="run `nnunet_hlfd evaluate`"):
+        load_run("x", [tmp_path / "nothing"])
