@@ -325,8 +325,9 @@ def test_compare_means_paired_test_and_gap_recovered(tmp_path):
     # lower-is-better metrics recover the gap with the same sign
     assert get[("hlfd", "HD95")]["gap_recovered"] == pytest.approx(hlfd["gap_recovered"])
     assert get[("hlfd", "|RVD|")]["mean"] == pytest.approx(0.1)
+    assert get[("hlfd", "|RVD|")]["gap_recovered"] is None  # the teacher is no better: no gap to recover
     markdown = format_markdown(rows, "student", "teacher", runs[0].tolerance_mm)
-    assert "| hlfd | 2 × 8 |" in markdown and "NSD@1mm" in markdown
+    assert "| hlfd | 2 × 8 |" in markdown and "NSD@1mm" in markdown and r"\|RVD\|" in markdown
     assert f"{100 * hlfd['gap_recovered']:.0f}%" in markdown
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.evaluate import PER_CASE_FILE, SUMMARY_FILE, read_per_case
 from nnunet_hlfd.evaluation.files import write_csv, write_text
-from nnunet_hlfd.evaluation.metrics import METRICS, UNITS
+from nnunet_hlfd.evaluation.metrics import HIGHER_IS_BETTER, METRICS, UNITS
 
 COMPARED = tuple("|RVD|" if m == "RVD" else m for m in METRICS)
 CSV_FILE = "comparison.csv"
@@ -136,6 +136,13 @@ def paired_difference(run: list[dict[str, float]], baseline: list[dict[str, floa
     return {"delta_vs_baseline": float(differences.mean()), "p_value": p, "paired_cases": len(common)}
 
 
+def teacher_leads(metric: str, teacher: float | None, student: float | None) -> bool:
+    """Is there a gap to recover? Only where the teacher is better than the student alone."""
+    if teacher is None or student is None or teacher == student:
+        return False
+    return (teacher > student) == HIGHER_IS_BETTER.get(metric, False)
+
+
 def compare_runs(runs: list[Run], baseline: str, teacher: str | None = None) -> list[dict]:
     """Rows of the comparison (one per class, run and metric), in the order the runs were given."""
     names = [r.name for r in runs]
@@ -173,7 +180,7 @@ def compare_runs(runs: list[Run], baseline: str, teacher: str | None = None) -> 
                 if run.name != baseline:
                     row.update(paired_difference(run.values[cls][metric], by_name[baseline].values[cls][metric]))
                 gap = None
-                if top is not None and base is not None and row["mean"] is not None and abs(top - base) > 1e-12:
+                if teacher_leads(metric, top, base) and row["mean"] is not None:
                     gap = (row["mean"] - base) / (top - base)
                 row["gap_recovered"] = gap if run.name not in (baseline, teacher) else None
                 rows.append(row)
@@ -198,6 +205,8 @@ def _delta(row: dict) -> str:
 
 
 def _header(metric: str, tolerance_mm: float | None) -> str:
+    if metric == "|RVD|":
+        return r"\|RVD\|"  # a bare | would split the markdown cell
     if metric == "NSD" and tolerance_mm is not None:
         return f"NSD@{tolerance_mm:g}mm"
     return metric + (f" ({UNITS[metric]})" if metric in UNITS else "")
@@ -229,12 +238,18 @@ def format_markdown(rows: list[dict], baseline: str, teacher: str | None, tolera
                 out.append(f"| {run} | " + " | ".join(_delta(cell[(run, m)]) for m in COMPARED) + " |")
         out.append("")
     over = {r["std_over"] for r in rows}
+    spread = {
+        frozenset({"cases"}): "over cases (each run has one evaluation)",
+        frozenset({"repeats"}): "over repeats (folds/seeds)",
+    }.get(frozenset(over), "over repeats (folds/seeds) for runs that have several, else over cases")
     out.append(
-        "mean ± sample std over "
-        + (" or ".join(sorted(over)) + " (repeats where a run has two or more folds/seeds, else cases)")
-        + f". Δ: mean paired difference to {baseline} over the cases both evaluated; p: two-sided Wilcoxon "
-        "signed-rank test"
-        + (f"; gap recovered: (run − {baseline}) / ({teacher} − {baseline})" if teacher else "")
+        f"mean ± sample std {spread}. Δ: mean paired difference to {baseline} over the cases both evaluated; "
+        "p: two-sided Wilcoxon signed-rank test"
+        + (
+            f"; gap recovered: (run − {baseline}) / ({teacher} − {baseline}), where {teacher} is better than {baseline}"
+            if teacher
+            else ""
+        )
         + ". Higher is better for Dice and NSD, lower for VOE, |RVD|, HD95 and ASSD."
     )
     return "\n".join(out) + "\n"

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import SimpleITK as sitk
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.evaluate import Task, find_dataset_json, read_task
@@ -244,22 +245,25 @@ def plot_training_curves(
         raise EvaluationError("the logs hold no distillation terms or losses to plot")
     columns = min(3, len(keys))
     rows = math.ceil(len(keys) / columns)
+    colours = dict(zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(runs)))
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows + 0.4), squeeze=False)
         for ax, key in zip(axes.flat, keys):
             for run, log in runs.items():
                 values = np.asarray(log.get(key, []), dtype=np.float64)
                 if values.size:
-                    ax.plot(np.arange(values.size), values, label=run, linewidth=1.8)
+                    ax.plot(np.arange(values.size), values, label=run, color=colours[run], linewidth=1.8)
             ax.set_title(key[3:] if key.startswith("kd_") else key)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             positive = [v for log in runs.values() for v in log.get(key, []) if v == v]
             if key.startswith("kd_") and positive and min(positive) > 0:
                 ax.set_yscale("log")
         for ax in list(axes.flat)[len(keys) :]:
             ax.axis("off")
-        axes.flat[0].legend(loc="best")
+        handles = [plt.Line2D([], [], color=colours[run], linewidth=1.8, label=run) for run in runs]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
         if title:
             fig.suptitle(title)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.4 / (3.2 * rows + 0.4) + 0.02, 1, 1))
         return _save(fig, output)

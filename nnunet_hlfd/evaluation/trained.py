@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from nnunet_hlfd.errors import EvaluationError
+from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
+
+
+def _find_our_trainers() -> None:
+    """nnU-Net finds the trainer class of a results folder by name (to build its network): make sure it also
+    looks among this package's trainers, as ``nnUNetv2_predict`` does after the set-up line."""
+    folders = [f for f in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if f]
+    if EXT_TRAINER_DIR not in folders:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join([*folders, EXT_TRAINER_DIR])
 
 
 def load_predictor(folder: Path, fold: int | str, checkpoint: str, device: torch.device):
@@ -22,9 +34,18 @@ def load_predictor(folder: Path, fold: int | str, checkpoint: str, device: torch
         )
     if not (folder / f"fold_{fold}" / checkpoint).is_file():
         raise EvaluationError(f"{folder / f'fold_{fold}' / checkpoint} not found: is fold {fold} trained (-f, -chk)?")
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=device, allow_tqdm=False)
+    _find_our_trainers()
     fold = int(fold) if str(fold).isdigit() else fold
-    predictor.initialize_from_trained_model_folder(str(folder), use_folds=(fold,), checkpoint_name=checkpoint)
+    # nnU-Net narrates its trainer search folder by folder, and warns on every CPU predictor: keep it quiet
+    with contextlib.redirect_stdout(io.StringIO()):
+        predictor = nnUNetPredictor(
+            tile_step_size=0.5,
+            use_mirroring=False,
+            perform_everything_on_device=device.type == "cuda",
+            device=device,
+            allow_tqdm=False,
+        )
+        predictor.initialize_from_trained_model_folder(str(folder), use_folds=(fold,), checkpoint_name=checkpoint)
     return predictor
 
 
@@ -38,7 +59,7 @@ def case_files(images: Path, file_ending: str) -> dict[str, list[str]]:
     if not Path(images).is_dir():
         raise EvaluationError(f"images folder {images} does not exist")
     ids = get_identifiers_from_splitted_dataset_folder(str(images), file_ending)
-    if not ids:
+    if not len(ids):
         raise EvaluationError(f"no images ending in _0000{file_ending} in {images}")
     return dict(zip(ids, create_lists_from_splitted_dataset_folder(str(images), file_ending, ids)))
 

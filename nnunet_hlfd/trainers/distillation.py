@@ -11,7 +11,6 @@ import os
 from dataclasses import asdict, fields
 from pathlib import Path
 
-import matplotlib.pyplot as plt  # nnU-Net's logger has already selected the Agg backend
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -21,6 +20,7 @@ from torch import autocast
 from nnunet_hlfd.adapters import count_parameters
 from nnunet_hlfd.capture import unwrap
 from nnunet_hlfd.errors import TeacherMismatchError
+from nnunet_hlfd.evaluation.figures import plot_training_curves
 from nnunet_hlfd.methods import DistillationMethod, Distiller
 from nnunet_hlfd.methods.base import valid_masks
 from nnunet_hlfd.teacher import TeacherSpec, check_teacher, read_teacher
@@ -191,27 +191,10 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
 
     def _plot_kd_progress(self) -> None:
         log = self.logger.local_logger.my_fantastic_logging
-        # nnU-Net's logger sets a huge seaborn font scale globally; this plot uses its own sizes
-        sizes = {
-            "font.size": 11,
-            "axes.titlesize": 12,
-            "axes.labelsize": 11,
-            "legend.fontsize": 10,
-            "xtick.labelsize": 10,
-            "ytick.labelsize": 10,
-        }
-        with plt.rc_context(sizes):
-            fig, ax = plt.subplots(figsize=(10, 6))
-            for key in self.kd_log_keys:
-                ax.plot(range(len(log[key])), log[key], label=key[3:], linewidth=2)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("value (terms unweighted, total weighted)")
-            ax.set_yscale("log")
-            ax.legend(loc="upper right")
-            ax.set_title(f"{self.method.name.upper()} distillation terms per epoch ({type(self).__name__})")
-            fig.tight_layout()
-            fig.savefig(Path(self.output_folder) / "kd_progress.png")
-            plt.close(fig)
+        title = f"{self.method.name.upper()} distillation terms per epoch ({type(self).__name__}; total weighted)"
+        plot_training_curves(
+            {type(self).__name__: log}, Path(self.output_folder) / "kd_progress.png", self.kd_log_keys, title
+        )
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def save_checkpoint(self, filename: str) -> None:
