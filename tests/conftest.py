@@ -1,6 +1,8 @@
 """Shared helpers: small nnU-Net U-Nets and plans, built the way nnU-Net builds them."""
 
 import copy
+import csv
+import math
 import subprocess
 from pathlib import Path
 
@@ -141,6 +143,25 @@ def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedP
             f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result
+
+
+def assert_same_dice(nnunet_summary: dict, per_case_csv: Path) -> None:
+    """Per-case Dice of nnU-Net's summary.json and of ``nnunet_hlfd evaluate``'s CSV agree; nnU-Net's NaN
+    (both masks empty) is ours 1."""
+    from nnunetv2.evaluation.evaluate_predictions import key_to_label_or_region
+
+    with open(per_case_csv) as f:
+        ours = {(r["case"], r["label_or_region"]): float(r["Dice"]) for r in csv.DictReader(f)}
+    compared = 0
+    for case in nnunet_summary["metric_per_case"]:
+        name = Path(case["prediction_file"]).name.removesuffix(".nii.gz")
+        for key, metrics in case["metrics"].items():
+            value = key_to_label_or_region(key)
+            key = str(value[0]) if isinstance(value, tuple) and len(value) == 1 else str(value)
+            expected = 1.0 if math.isnan(metrics["Dice"]) else metrics["Dice"]
+            assert ours[(name, key)] == pytest.approx(expected, abs=1e-12), (name, key)
+            compared += 1
+    assert compared == len(ours) > 0
 
 
 def nnunet_train(env: dict, dataset_id: int, configuration: str, trainer: str, *extra: str, check: bool = True):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-from conftest import nnunet_predict, nnunet_train, run
+from conftest import assert_same_dice, nnunet_predict, nnunet_train, run
 
 from nnunet_hlfd.demo.pipeline import nnunet_environment
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
@@ -58,3 +58,13 @@ def test_regions_with_ignore_label_resenc_in_2d(tmp_path):
     nnunet_predict(env, DATASET_ID, "2d", "nnUNetTrainerHLFD_debug", raw / "imagesTs", out, PLANS)
     prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case_005.nii.gz")))
     assert set(np.unique(prediction)) <= {0, 1, 2}  # regions painted back into labels, never the ignore label
+
+    # evaluation of the regions: nnU-Net's evaluator and ours agree on Dice
+    # fmt: off
+    run(["nnUNetv2_evaluate_folder", str(raw / "labelsTs"), str(out), "-djfile", str(folder / "dataset.json"),
+         "-pfile", str(folder / "plans.json"), "-np", "1"], env)
+    run(["nnunet_hlfd", "evaluate", str(out), str(raw / "labelsTs"), "-np", "1"], env)
+    # fmt: on
+    assert_same_dice(json.loads((out / "summary.json").read_text()), out / "metrics_per_case.csv")
+    regions = json.loads((out / "metrics_summary.json").read_text())["classes"]
+    assert {k: c["label_or_region"] for k, c in regions.items()} == {"organ_and_tumour": "(1, 2)", "tumour": "2"}

@@ -1,16 +1,26 @@
 """The demo command end to end (its quick profile: same pipeline, debug schedule)."""
 
+import csv
 import json
 import subprocess
+from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 
-def test_demo_quick_profile_prints_the_table(tmp_path):
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
     result = subprocess.run(
         ["nnunet_hlfd", "demo", "--output", str(out), "--profile", "quick"], capture_output=True, text=True
     )
+    return out, result
+
+
+def test_demo_quick_profile_prints_the_table(demo):
+    out, result = demo
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
         assert step in result.stdout  # progress output
@@ -20,8 +30,9 @@ def test_demo_quick_profile_prints_the_table(tmp_path):
     assert student["parameters"] == hlfd["parameters"]
     assert student["parameters"] / teacher["parameters"] == pytest.approx(0.25, abs=0.01)
     for row in rows:
-        assert set(row["dice"]) == {"organ", "tumour"}
+        assert set(row["dice"]) == set(row["hd95"]) == {"organ", "tumour"}
         assert all(0.0 <= d <= 1.0 for d in row["dice"].values())
+        assert (out / "predictions" / row["trainer"] / "metrics_per_case.csv").is_file()
         assert row["predict_s_per_case"] > 0
     table = (out / "demo_results.md").read_text()
     assert "| HLFD student | nnUNetTrainerHLFD_debug |" in table and table in result.stdout
@@ -32,3 +43,95 @@ def test_demo_refuses_a_non_empty_folder(tmp_path):
     result = subprocess.run(["nnunet_hlfd", "demo", "--output", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode != 0 and "--overwrite" in result.stderr
     assert (tmp_path / "keep.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
+
+
+# ---- the evaluation commands on the demo's outputs -------------------------------------------------------
+def nnunet_hlfd(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(["nnunet_hlfd", *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def non_blank_png(path: Path) -> np.ndarray:
+    image = plt.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert image[..., :3].std() > 0.05, f"{path} is (nearly) blank"
+    return image
+
+
+def runs(out: Path) -> dict[str, Path]:
+    roles = {"teacher": "nnUNetTrainerHLFDTeacher_debug", "student": "nnUNetTrainerStudent_debug"}
+    roles["hlfd"] = "nnUNetTrainerHLFD_debug"
+    return {role: out / "predictions" / trainer for role, trainer in roles.items()}
+
+
+def models(out: Path) -> dict[str, Path]:
+    results = out / "nnUNet_results" / "Dataset991_HLFDDemo"
+    return {role: results / f"{p.name}__nnUNetPlans__3d_fullres" for role, p in runs(out).items()}
+
+
+def test_evaluate_and_compare_the_demo_runs(demo, tmp_path):
+    out, _ = demo
+    raw = out / "nnUNet_raw" / "Dataset991_HLFDDemo"
+    predictions = runs(out)
+    result = nnunet_hlfd("evaluate", predictions["hlfd"], raw / "labelsTs", "-o", tmp_path / "hlfd", "-np", "1")
+    assert "2 cases" in result.stdout and "tumour: Dice" in result.stdout
+    demo_rows = {r["model"]: r for r in json.loads((out / "demo_results.json").read_text())}
+    summary = json.loads((tmp_path / "hlfd" / "metrics_summary.json").read_text())
+    assert summary["classes"]["tumour"]["metrics"]["Dice"]["mean"] == demo_rows["HLFD student"]["dice"]["tumour"]
+
+    result = nnunet_hlfd("compare", *[f"{k}={v}" for k, v in predictions.items()], "-o", tmp_path / "cmp")
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert table in result.stdout and "### organ" in table and "### tumour" in table
+    assert "| Δ vs student (p, gap recovered) |" in table and "| hlfd | " in table
+    with open(tmp_path / "cmp" / "comparison.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 3 * 6  # classes x runs x metrics
+    dice = {r["run"]: float(r["mean"]) for r in rows if r["class"] == "organ" and r["metric"] == "Dice"}
+    assert dice["teacher"] == pytest.approx(demo_rows["teacher"]["dice"]["organ"])
+
+
+def test_efficiency_of_teacher_and_student(demo, tmp_path):
+    out, _ = demo
+    found = models(out)
+    images = out / "nnUNet_raw" / "Dataset991_HLFDDemo" / "imagesTs"
+    result = nnunet_hlfd(
+        "efficiency", f"teacher={found['teacher']}", f"student={found['student']}", "-i", images, "--cases", "2",
+        "--repeats", "2", "--device", "cpu", "-o", tmp_path,
+    )  # fmt: skip
+    rows = {r["model"]: r for r in json.loads((tmp_path / "efficiency.json").read_text())}
+    demo_rows = {r["model"]: r for r in json.loads((out / "demo_results.json").read_text())}
+    assert rows["teacher"]["parameters"] == demo_rows["teacher"]["parameters"]
+    assert rows["student"]["parameters"] == demo_rows["student alone"]["parameters"]
+    # features halved at every stage: a quarter of the convolution work
+    assert rows["student"]["macs_per_patch"] / rows["teacher"]["macs_per_patch"] == pytest.approx(0.25, abs=0.02)
+    for row in rows.values():
+        assert row["seconds_per_case"] > 0 and row["peak_memory_mib"] > 0 and len(row["case_shapes"]) == 2
+    assert "| teacher | cpu |" in result.stdout and "GMACs / patch" in result.stdout
+
+
+def test_visualize_contours_attention_and_training(demo, tmp_path):
+    out, _ = demo
+    raw = out / "nnUNet_raw" / "Dataset991_HLFDDemo"
+    predictions, found = runs(out), models(out)
+    nnunet_hlfd(
+        "visualize", "cases", *[f"{k}={v}" for k, v in predictions.items()], "-i", raw / "imagesTs",
+        "-r", raw / "labelsTs", "--cases", "case_006", "-o", tmp_path,
+    )  # fmt: skip
+    contours = non_blank_png(tmp_path / "case_006_contours.png")
+    assert contours.shape[1] > 3 * contours.shape[0]  # image, reference and three models side by side
+    nnunet_hlfd(
+        "visualize", "attention", *[f"{k}={v}" for k, v in found.items()], "-i", raw / "imagesTs",
+        "--case", "case_006", "-r", raw / "labelsTs", "-o", tmp_path,
+    )  # fmt: skip
+    non_blank_png(tmp_path / "case_006_attention.png")
+    nnunet_hlfd(
+        "visualize", "training", f"student={found['student']}", f"hlfd={found['hlfd']}", "-o", tmp_path / "t.png"
+    )
+    non_blank_png(tmp_path / "t.png")
+    bad = subprocess.run(
+        ["nnunet_hlfd", "visualize", "attention", str(found["hlfd"]), "-i", str(raw / "imagesTs"), "--case", "nope"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "case nope has no image" in bad.stderr

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
+from nnunet_hlfd.evaluation.evaluate import evaluate_folder
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
 from nnunet_hlfd.trainers import schedules
 
@@ -91,24 +92,6 @@ def _predict(model_folder: Path, images: Path, output: Path) -> tuple[int, float
     return sum(p.numel() for p in predictor.network.parameters()), float(np.median(seconds))
 
 
-def _dice(reference: Path, predictions: Path, dataset_json: dict) -> dict[str, float]:
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-
-    labels = [v for k, v in dataset_json["labels"].items() if k != "background"]
-    summary = compute_metrics_on_folder(
-        str(reference),
-        str(predictions),
-        str(predictions / "summary.json"),
-        SimpleITKIO(),
-        ".nii.gz",
-        labels,
-        num_processes=1,
-    )
-    names = {str(v): k for k, v in dataset_json["labels"].items()}
-    return {names[str(k)]: float(v["Dice"]) for k, v in summary["mean"].items()}
-
-
 def nnunet_environment(root: Path) -> dict[str, str]:
     """This process's environment with nnU-Net's folders under ``root`` and settings for a 2-core CPU run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
@@ -145,7 +128,6 @@ def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = F
         if target.exists():
             shutil.rmtree(target)
     raw = make_synthetic_dataset(Path(env["nnUNet_raw"]), DATASET_ID, DATASET_NAME, p.num_training, p.num_test, p.shape)
-    dataset_json = json.loads((raw / "dataset.json").read_text())
 
     _run(
         "[2/6] plan and preprocess",
@@ -177,7 +159,9 @@ def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = F
         )
         predictions = work / "predictions" / row["trainer"]
         row["parameters"], row["predict_s_per_case"] = _predict(folder, raw / "imagesTs", predictions)
-        row["dice"] = _dice(raw / "labelsTs", predictions, dataset_json)
+        summary = evaluate_folder(predictions, raw / "labelsTs", raw / "dataset.json", progress=False)
+        row["dice"] = {name: c["metrics"]["Dice"]["mean"] for name, c in summary["classes"].items()}
+        row["hd95"] = {name: c["metrics"]["HD95"]["mean"] for name, c in summary["classes"].items()}
     table = format_table(rows, profile)
     (work / "demo_results.md").write_text(table + "\n")
     (work / "demo_results.json").write_text(json.dumps(rows, indent=2))
@@ -196,6 +180,7 @@ def format_table(rows: list[dict], profile: str) -> str:
         "× teacher",
         *[f"Dice {c}" for c in classes],
         "mean Dice",
+        *[f"HD95 {c} (mm)" for c in classes],
         "train (s)",
         "inference (s/case)",
     ]
@@ -212,6 +197,7 @@ def format_table(rows: list[dict], profile: str) -> str:
                     f"{r['parameters'] / teacher_params:.2f}",
                     *[f"{d:.3f}" for d in dice],
                     f"{sum(dice) / len(dice):.3f}",
+                    *[f"{r['hd95'][c]:.1f}" for c in classes],
                     f"{r['train_s']:.0f}",
                     f"{r['predict_s_per_case']:.2f}",
                 ]
@@ -220,7 +206,8 @@ def format_table(rows: list[dict], profile: str) -> str:
         )
     note = (
         f"Profile '{profile}', fold 0, {CONFIGURATION}, CPU ({os.cpu_count()} cores), Python {sys.version.split()[0]}. "
-        "Dice on the held-out test cases (nnU-Net's compute_metrics_on_folder); inference = median per case "
+        "Dice and HD95 on the held-out test cases (`nnunet_hlfd evaluate`; per-case files beside each model's "
+        "predictions, ready for `nnunet_hlfd compare`); inference = median per case "
         "(preprocessing, sliding window without mirroring, resampling); one run, no seeds averaged."
     )
     return "\n".join(lines) + "\n\n" + note
