@@ -13,20 +13,20 @@ from pathlib import Path
 import torch
 from conftest import CONFIG, DATASET, DATASET_ID, TEACHER, assert_same_dice, model_folder, predict, run, train
 
+from nnunet_hlfd.evaluation.evaluate import evaluate_folder
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
 
 
 def evaluate(env: dict, trainer: str, predictions: Path, labels: Path | None = None) -> dict:
-    """nnUNetv2_evaluate_folder, and ``nnunet_hlfd evaluate`` on the same folders: the per-case Dice must agree
+    """nnUNetv2_evaluate_folder, and our evaluate_folder on the same folders: the per-case Dice must agree
     (where nnU-Net says NaN, both masks are empty, which ours scores 1)."""
     labels = labels or Path(env["nnUNet_raw"]) / DATASET / "labelsTs"
     folder = model_folder(env, trainer)
     # fmt: off
     run(["nnUNetv2_evaluate_folder", str(labels), str(predictions), "-djfile", str(folder / "dataset.json"),
          "-pfile", str(folder / "plans.json"), "-np", "1"], env)
-    run(["nnunet_hlfd", "evaluate", str(predictions), str(labels), "-djfile", str(folder / "dataset.json"),
-         "-np", "1"], env)
     # fmt: on
+    evaluate_folder(predictions, labels, folder / "dataset.json", progress=False)
     summary = json.loads((predictions / "summary.json").read_text())
     assert_same_dice(summary, predictions / "metrics_per_case.csv")
     return summary

@@ -1,6 +1,8 @@
 """The demo command end to end (its quick profile: same pipeline, debug schedule)."""
 
+import contextlib
 import csv
+import io
 import json
 import subprocess
 from pathlib import Path
@@ -8,6 +10,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+
+from nnunet_hlfd.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +50,17 @@ def test_demo_refuses_a_non_empty_folder(tmp_path):
 
 
 # ---- the evaluation commands on the demo's outputs -------------------------------------------------------
-def nnunet_hlfd(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(["nnunet_hlfd", *map(str, args)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+def nnunet_hlfd(*args) -> str:
+    """The package's CLI in this process (each new process would pay the imports again); returns stdout."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main([str(a) for a in args])
+    return out.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _restore_ext_trainer(monkeypatch):
+    monkeypatch.setenv("nnUNet_extTrainer", "")  # loading a model sets it, as the set-up line would
 
 
 def non_blank_png(path: Path) -> np.ndarray:
@@ -75,14 +86,14 @@ def test_evaluate_and_compare_the_demo_runs(demo, tmp_path):
     raw = out / "nnUNet_raw" / "Dataset991_HLFDDemo"
     predictions = runs(out)
     result = nnunet_hlfd("evaluate", predictions["hlfd"], raw / "labelsTs", "-o", tmp_path / "hlfd", "-np", "1")
-    assert "2 cases" in result.stdout and "tumour: Dice" in result.stdout
+    assert "2 cases" in result and "tumour: Dice" in result
     demo_rows = {r["model"]: r for r in json.loads((out / "demo_results.json").read_text())}
     summary = json.loads((tmp_path / "hlfd" / "metrics_summary.json").read_text())
     assert summary["classes"]["tumour"]["metrics"]["Dice"]["mean"] == demo_rows["HLFD student"]["dice"]["tumour"]
 
     result = nnunet_hlfd("compare", *[f"{k}={v}" for k, v in predictions.items()], "-o", tmp_path / "cmp")
     table = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert table in result.stdout and "### organ" in table and "### tumour" in table
+    assert table in result and "### organ" in table and "### tumour" in table
     assert "| Δ vs student (p, gap recovered) |" in table and "| hlfd | " in table
     with open(tmp_path / "cmp" / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
@@ -107,10 +118,10 @@ def test_efficiency_of_teacher_and_student(demo, tmp_path):
     assert rows["student"]["macs_per_patch"] / rows["teacher"]["macs_per_patch"] == pytest.approx(0.25, abs=0.02)
     for row in rows.values():
         assert row["seconds_per_case"] > 0 and row["peak_memory_mib"] > 0 and len(row["case_shapes"]) == 2
-    assert "| teacher | cpu |" in result.stdout and "GMACs / patch" in result.stdout
+    assert "| teacher | cpu |" in result and "GMACs / patch" in result
 
 
-def test_visualize_contours_attention_and_training(demo, tmp_path):
+def test_visualize_contours_attention_and_training(demo, tmp_path, capsys):
     out, _ = demo
     raw = out / "nnUNet_raw" / "Dataset991_HLFDDemo"
     predictions, found = runs(out), models(out)
@@ -129,9 +140,6 @@ def test_visualize_contours_attention_and_training(demo, tmp_path):
         "visualize", "training", f"student={found['student']}", f"hlfd={found['hlfd']}", "-o", tmp_path / "t.png"
     )
     non_blank_png(tmp_path / "t.png")
-    bad = subprocess.run(
-        ["nnunet_hlfd", "visualize", "attention", str(found["hlfd"]), "-i", str(raw / "imagesTs"), "--case", "nope"],
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 2 and "case nope has no image" in bad.stderr
+    with pytest.raises(SystemExit) as exit_code:
+        nnunet_hlfd("visualize", "attention", found["hlfd"], "-i", raw / "imagesTs", "--case", "nope")
+    assert exit_code.value.code == 2 and "case nope has no image" in capsys.readouterr().err

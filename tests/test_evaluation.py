@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from scipy.ndimage import binary_erosion
 from scipy.spatial.distance import cdist
 
+from nnunet_hlfd.cli import main
 from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.compare import compare_runs, format_markdown, load_run
 from nnunet_hlfd.evaluation.evaluate import PER_CASE_FILE, SUMMARY_FILE, evaluate_folder
@@ -267,7 +268,7 @@ def test_chill_evaluates_only_the_predicted_cases(tmp_path):
     assert summary["num_cases"] == 2
 
 
-def test_evaluate_cli_prints_means_and_exits_2_on_errors(tmp_path):
+def test_evaluate_cli_prints_means_and_exits_2_on_errors(tmp_path, capsys):
     pred, ref = three_cases(tmp_path)
     ok = subprocess.run(
         ["nnunet_hlfd", "evaluate", str(pred), str(ref), "-djfile", str(tmp_path / "dataset.json"), "-np", "1"],
@@ -277,11 +278,9 @@ def test_evaluate_cli_prints_means_and_exits_2_on_errors(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "3 cases" in ok.stdout and "tumour: Dice 0.556" in ok.stdout
     assert "evaluate: 100%" in ok.stderr  # progress bar
-    bad = subprocess.run(
-        ["nnunet_hlfd", "evaluate", str(pred), str(tmp_path / "nowhere")], capture_output=True, text=True
-    )
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "no dataset.json found" in bad.stderr or "does not exist" in bad.stderr
+    with pytest.raises(SystemExit) as exit_code:  # the same CLI in this process
+        main(["evaluate", str(pred), str(tmp_path / "nowhere"), "-np", "1"])
+    assert exit_code.value.code == 2 and "reference folder" in capsys.readouterr().err
 
 
 # ---- compare ---------------------------------------------------------------------------------------------

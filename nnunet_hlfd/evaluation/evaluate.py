@@ -195,7 +195,7 @@ def summarize(rows: list[dict], task: Task) -> dict:
             values = np.array([r[metric] for r in own if not math.isnan(r[metric])], dtype=np.float64)
             stats[metric] = {
                 "mean": float(values.mean()) if values.size else None,
-                "std": float(values.std()) if values.size else None,
+                "std": float(values.std(ddof=1)) if values.size >= 2 else None,
                 "median": float(np.median(values)) if values.size else None,
                 "n": int(values.size),
             }

@@ -198,10 +198,11 @@ def plot_attention_maps(
         for r, (name, patch, maps) in enumerate(rows):
             middle = patch.shape[1] // 2 if patch.ndim == 4 else None
             image = patch[0, middle] if middle is not None else patch[0]
-            axes[r, 0].imshow(image, cmap="gray")
+            axes[r, 0].imshow(image.numpy(), cmap="gray")
             axes[r, 0].set_ylabel(name)
             for c, (stage, m) in enumerate(maps.items(), start=1):
-                axes[r, c].imshow(m[middle] if middle is not None else m, cmap="jet", vmin=0, vmax=1)
+                shown = m[middle] if middle is not None else m
+                axes[r, c].imshow(shown.numpy(), cmap="jet", vmin=0, vmax=1)
                 if r == 0:
                     axes[r, c].set_title(stage.replace("encoder.", "enc ").replace("decoder.", "dec "))
             axes[r, 0].set_title("input" if r == 0 else "")
