@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from matplotlib.ticker import MaxNLocator
+from tqdm import tqdm
 
 from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.evaluate import Task, find_dataset_json, read_task
@@ -91,7 +92,7 @@ def plot_case_contours(
     if unknown:
         raise EvaluationError(f"case(s) {unknown} have no image in {images}")
     written = []
-    for case in cases:
+    for case in tqdm(cases, desc="contours", unit="case", disable=len(cases) < 2):
         image, spacing = _read(Path(channels[case][0]))
         reference, _ = _read(references / f"{case}{task.file_ending}")
         labelled = {name: _read(folder / f"{case}{task.file_ending}")[0] for name, folder in predictions.items()}
@@ -172,7 +173,7 @@ def plot_attention_maps(
     """One figure: a row per model (input patch, then its encoder and decoder stages), the patch centred on
     the reference foreground when ``reference`` (a labels folder) is given."""
     rows = []
-    for name, folder in models.items():
+    for name, folder in tqdm(models.items(), desc="attention", unit="model"):
         predictor = load_predictor(Path(folder), fold, checkpoint, torch.device("cpu"))
         ending = predictor.dataset_json["file_ending"]
         files = case_files(images, ending)
