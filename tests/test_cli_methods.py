@@ -5,6 +5,7 @@ The chains run two at a time (nnU-Net's start-up dominates on 2 cores); each tra
 checked on its own.
 """
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import model_folder, predict, train
+from conftest import DATASET, model_folder, predict, train
 
+from nnunet_hlfd.splits import TRAINING_CASES_FILE
 from nnunet_hlfd.trainers.schedules import DEBUG_TRAINERS, INTERRUPTED_EXIT_CODE, STOP_AFTER_EPOCH_ENV
 
 COVERED_ELSEWHERE = {"nnUNetTrainerHLFD_debug", "nnUNetTrainerHLFD_adapters_debug"}  # test_cli_end_to_end.py
@@ -58,6 +60,16 @@ def test_trainer_trains_resumes_and_predicts(pipeline, chains, trainer):
     log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "trainable adapter parameters:" in log
     assert f"{STOP_AFTER_EPOCH_ENV}=1: stopping" in log
+    cases = fold / TRAINING_CASES_FILE
+    assert cases.is_file() == trainer.startswith("nnUNetTrainerHLFD_f050")
+    if cases.is_file():  # half of the fold's training cases, the same ones after the resume
+        record = json.loads(cases.read_text())
+        assert len(record["training_cases"]) == round(record["fold_training_cases"] / 2) >= 1
+        split = json.loads((Path(pipeline["nnUNet_preprocessed"]) / DATASET / "splits_final.json").read_text())[0]
+        assert set(record["training_cases"]) < set(split["train"])
+        assert log.count(f"training on {len(record['training_cases'])} of the fold's") >= 2
+        plans = json.loads((fold.parent / "plans.json").read_text())["configurations"]["3d_fullres"]["hlfd"]
+        assert plans["training_fraction"] == 0.5
     predictions = sorted((out / trainer).glob("*.nii.gz"))
     assert len(predictions) == 2
     assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(predictions[0]))))) <= {0, 1, 2}

@@ -60,3 +60,29 @@ def test_misaligned_stages_are_refused():
     other["network_class_name"] = "my_package.Primus"
     with pytest.raises(StageLayoutError, match="Primus"):
         check_stage_alignment(other, derive_student_architecture(other, 0.5), [16, 32, 32])
+
+
+# ---- training on a fraction of the fold's cases ----------------------------------------------------------
+def test_training_subset_is_seeded_sized_and_nested():
+    from nnunet_hlfd.splits import training_subset
+
+    keys = [f"case_{i:03d}" for i in range(40)]
+    half = training_subset(list(reversed(keys)), 0.5, seed=3)
+    assert half == training_subset(keys, 0.5, seed=3)  # the order the fold lists its cases in does not matter
+    assert len(half) == 20 and set(half) <= set(keys) and half == sorted(half)
+    assert set(training_subset(keys, 0.25, seed=3)) < set(half) < set(training_subset(keys, 0.75, seed=3))
+    assert training_subset(keys, 0.5, seed=4) != half
+    assert (
+        training_subset(keys, 0.01, seed=0) == training_subset(keys, 0.01, seed=0)
+        and len(training_subset(keys, 0.01, seed=0)) == 1
+    )
+    assert training_subset(keys, 1.0) == keys
+
+
+@pytest.mark.parametrize("fraction", [0, -0.5, 1.5, "half"])
+def test_a_bad_training_fraction_is_refused(fraction):
+    from nnunet_hlfd.errors import OptionError
+    from nnunet_hlfd.splits import training_subset
+
+    with pytest.raises(OptionError, match="training_fraction must be a number in"):
+        training_subset(["a", "b"], fraction)

@@ -17,6 +17,13 @@ class nnUNetTrainerHLFD_w025(nnUNetTrainerHLFD):
     width = 0.25
 
 
+class nnUNetTrainerHLFD_f050(nnUNetTrainerHLFD):
+    """HLFD with the student trained on half of the fold's training cases (the teacher saw all of them), as in
+    multi-scale contrastive KD's 50 % setting."""
+
+    training_fraction = 0.5
+
+
 class nnUNetTrainerHLFD_adapters(nnUNetTrainerHLFD):
     """HLFD whose pixel-level student predictions come from learned 1×1 adapters instead of the DS heads."""
 

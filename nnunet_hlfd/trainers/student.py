@@ -18,6 +18,7 @@ from nnunet_hlfd.adapters import count_parameters
 from nnunet_hlfd.capture import unwrap
 from nnunet_hlfd.errors import OptionError
 from nnunet_hlfd.planning import check_stage_alignment, derive_student_architecture, student_configuration
+from nnunet_hlfd.splits import TRAINING_CASES_FILE, check_fraction, training_subset
 from nnunet_hlfd.teacher import TEACHER_ENV, TeacherSpec, default_teacher_spec, teacher_spec_from_path
 
 PLANS_BLOCK = "hlfd"
@@ -31,6 +32,8 @@ STUDENT_OPTIONS = (
     "teacher_plans",
     "teacher_configuration",
     "teacher_checkpoint",
+    "training_fraction",
+    "fraction_seed",
 )
 
 
@@ -47,6 +50,8 @@ class nnUNetTrainerStudent(nnUNetTrainer):
     teacher_plans: str | None = None  # None: the student's plans
     teacher_configuration: str | None = None  # None: the student's configuration
     teacher_checkpoint: str = "checkpoint_final.pth"
+    training_fraction: float = 1.0  # train on this seeded share of the fold's training cases (the teacher: all)
+    fraction_seed: int = 0
 
     def __init__(
         self,
@@ -73,7 +78,9 @@ class nnUNetTrainerStudent(nnUNetTrainer):
                 f"Valid options: {sorted(defaults)}."
             )
         self._options_from_plans = set(block) & set(defaults)
-        return {name: block.get(name, value) for name, value in defaults.items()}
+        options = {name: block.get(name, value) for name, value in defaults.items()}
+        check_fraction(options["training_fraction"])
+        return options
 
     # ---- teacher location --------------------------------------------------------------------------------
     def _output_folder(self, plans: dict, configuration: str, fold) -> Path | None:
@@ -160,6 +167,26 @@ class nnUNetTrainerStudent(nnUNetTrainer):
         """What the results plans.json records about how this student was made."""
         return {**self.hlfd_options, "derived_from": self.derived_from}
 
+    # ---- training cases ----------------------------------------------------------------------------------
+    def do_split(self) -> tuple[list[str], list[str]]:
+        """nnU-Net's split of this fold; with ``training_fraction`` < 1, a seeded share of its training cases
+        (validation cases unchanged), recorded in the fold folder."""
+        train, val = super().do_split()
+        fraction, seed = self.hlfd_options["training_fraction"], self.hlfd_options["fraction_seed"]
+        if fraction == 1:
+            return train, val
+        chosen = training_subset(train, fraction, seed)
+        if self.local_rank == 0:
+            os.makedirs(self.output_folder, exist_ok=True)
+            record = {"training_fraction": fraction, "fraction_seed": seed, "fold_training_cases": len(train)}
+            record["training_cases"] = chosen
+            (Path(self.output_folder) / TRAINING_CASES_FILE).write_text(json.dumps(record, indent=2))
+        self.print_to_log_file(
+            f"training_fraction {fraction} (seed {seed}): training on {len(chosen)} of the fold's {len(train)} "
+            f"training cases, listed in {TRAINING_CASES_FILE}"
+        )
+        return chosen, val
+
     def initialize(self) -> None:
         super().initialize()
         self._after_network_built()
@@ -179,3 +206,9 @@ class nnUNetTrainerStudent_w025(nnUNetTrainerStudent):
     """The quarter-width student alone (baseline of nnUNetTrainerHLFD_w025)."""
 
     width = 0.25
+
+
+class nnUNetTrainerStudent_f050(nnUNetTrainerStudent):
+    """The student alone on half of the fold's training cases (baseline of nnUNetTrainerHLFD_f050)."""
+
+    training_fraction = 0.5
