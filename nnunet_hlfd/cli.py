@@ -85,6 +85,42 @@ def run_convert(args: argparse.Namespace) -> None:
     print(summary)
 
 
+def add_split_parser(commands: argparse._SubParsersAction) -> None:
+    split = commands.add_parser(
+        "split",
+        help="splits_final.json for limit-trained teachers (disjoint subsets or one site each) and their student",
+        description="Write nnU-Net's splits_final.json so that k teachers each train on a small disjoint subset "
+        "(fold i = teacher i) and the student (fold k) trains on all of them, every fold validating on the same "
+        "held-out cases that no teacher trains on. With --check, only check an existing split for leakage.",
+    )
+    split.add_argument("dataset", help="dataset id or name (nnUNet_raw and nnUNet_preprocessed must hold it)")
+    how = split.add_mutually_exclusive_group(required=True)
+    how.add_argument("-k", "--teachers", type=int, help="number of teachers, each on a disjoint chunk")
+    how.add_argument("--by-site", action="store_true", help="one teacher per site (sites.json, multi-site prostate)")
+    how.add_argument("--check", nargs="+", type=int, metavar="FOLD", help="TEACHER_FOLD... STUDENT_FOLD: check only")
+    split.add_argument("--holdout", type=float, default=0.2, help="validation share (default: %(default)s)")
+    split.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    split.add_argument("--overwrite", action="store_true", help="replace an existing splits_final.json (kept as .bak)")
+
+
+def run_split(args: argparse.Namespace) -> None:
+    from nnunet_hlfd.errors import OptionError
+    from nnunet_hlfd.splits import check_splits_file, write_limit_trained_splits
+
+    try:
+        if args.check:
+            print(check_splits_file(args.dataset, args.check[:-1], args.check[-1]))
+        else:
+            print(
+                write_limit_trained_splits(
+                    args.dataset, args.teachers, args.by_site, args.holdout, args.seed, args.overwrite
+                )
+            )
+    except OptionError as e:
+        print(f"nnunet_hlfd split: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="nnunet_hlfd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -102,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     demo.add_argument("--overwrite", action="store_true", help="replace the demo dataset in an existing --output")
     add_convert_parser(commands)
+    add_split_parser(commands)
     evaluation_cli.add_parsers(commands)
     args = parser.parse_args(argv)
 
@@ -115,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         run_demo(args.output, args.profile, args.overwrite)
     elif args.command == "convert":
         run_convert(args)
+    elif args.command == "split":
+        run_split(args)
     elif args.command in evaluation_cli.COMMANDS:
         evaluation_cli.run(args)
 

@@ -143,3 +143,27 @@ def test_visualize_contours_attention_and_training(demo, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_code:
         nnunet_hlfd("visualize", "attention", found["hlfd"], "-i", raw / "imagesTs", "--case", "nope")
     assert exit_code.value.code == 2 and "case nope has no image" in capsys.readouterr().err
+
+
+def test_limit_trained_teacher_on_a_split_written_by_the_split_command(demo, monkeypatch):
+    """Last in this module: it replaces the demo's splits_final.json. A teacher trains on its chunk with stock
+    nnUNetv2_train (fold 1 of 2 teachers; the other tests use fold 0)."""
+    from nnunet_hlfd.demo.pipeline import nnunet_environment
+
+    out, _ = demo
+    env = dict(nnunet_environment(out), nnUNet_n_proc_DA="0")
+    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(key, env[key])
+    printed = nnunet_hlfd("split", "991", "-k", "2", "--overwrite")
+    preprocessed = out / "nnUNet_preprocessed" / "Dataset991_HLFDDemo"
+    folds = json.loads((preprocessed / "splits_final.json").read_text())
+    assert "fold 2: student on all 5 teacher cases" in printed and len(folds) == 3
+    trainer = "nnUNetTrainerHLFDTeacher_debug"
+    args = ["nnUNetv2_train", "991", "3d_fullres", "1", "-tr", trainer, "-device", "cpu"]
+    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fold = out / "nnUNet_results" / "Dataset991_HLFDDemo" / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_1"
+    log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert f"This split has {len(folds[1]['train'])} training and 1 validation cases." in log
+    validated = {p.name.removesuffix(".nii.gz") for p in (fold / "validation").glob("*.nii.gz")}
+    assert validated == set(folds[2]["val"])  # the student's held-out case, never a teacher's training case

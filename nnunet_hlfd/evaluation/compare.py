@@ -26,8 +26,8 @@ import numpy as np
 
 from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.evaluate import PER_CASE_FILE, SUMMARY_FILE, read_per_case
-from nnunet_hlfd.evaluation.files import write_csv, write_text
 from nnunet_hlfd.evaluation.metrics import HIGHER_IS_BETTER, METRICS, UNITS
+from nnunet_hlfd.files import write_csv, write_text
 
 COMPARED = tuple("|RVD|" if m == "RVD" else m for m in METRICS)
 CSV_FILE = "comparison.csv"

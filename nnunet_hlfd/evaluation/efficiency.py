@@ -28,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 from nnunet_hlfd.errors import EvaluationError
-from nnunet_hlfd.evaluation.files import write_text
 from nnunet_hlfd.evaluation.trained import case_files, load_predictor, preprocess
+from nnunet_hlfd.files import write_text
 
 MARKDOWN_FILE = "efficiency.md"
 JSON_FILE = "efficiency.json"

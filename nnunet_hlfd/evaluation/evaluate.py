@@ -21,8 +21,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_hlfd.errors import EvaluationError
-from nnunet_hlfd.evaluation.files import write_csv, write_text
 from nnunet_hlfd.evaluation.metrics import DEFAULT_TOLERANCE_MM, METRICS, mask_metrics
+from nnunet_hlfd.files import write_csv, write_text
 from nnunet_hlfd.grid import grid_differences
 
 PER_CASE_FILE = "metrics_per_case.csv"
