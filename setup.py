@@ -18,6 +18,7 @@ setup(
         "acvl-utils>=0.2.6,<0.3",
         "matplotlib>=3.6",
         "scipy>=1.10",
+        "monai>=1.4,<1.7",  # surface distances for HD95, ASSD and NSD (evaluation)
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
     entry_points={"console_scripts": ["nnunet_hlfd=nnunet_hlfd.cli:main"]},

@@ -1,8 +1,8 @@
 """``nnunet_hlfd``: the package's command line. Training and prediction use nnU-Net's own commands."""
 
 import argparse
-import sys
 
+from nnunet_hlfd.errors import OptionError, exit_with_message
 from nnunet_hlfd.evaluation import cli as evaluation_cli
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
 
@@ -67,7 +67,7 @@ def run_convert(args: argparse.Namespace) -> None:
     from nnunet_hlfd.conversion import CONVERTERS, ConversionError
 
     extra = {k: getattr(args, k) for k in ("task", "binarize") if hasattr(args, k)}
-    try:
+    with exit_with_message(f"nnunet_hlfd convert {args.dataset}", ConversionError):
         summary = CONVERTERS[args.dataset].function(
             args.input,
             dataset_id=args.dataset_id,
@@ -79,9 +79,6 @@ def run_convert(args: argparse.Namespace) -> None:
             tolerance=args.tolerance,
             **extra,
         )
-    except ConversionError as e:
-        print(f"nnunet_hlfd convert {args.dataset}: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(summary)
 
 
@@ -104,10 +101,9 @@ def add_split_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_split(args: argparse.Namespace) -> None:
-    from nnunet_hlfd.errors import OptionError
     from nnunet_hlfd.splits import check_splits_file, write_limit_trained_splits
 
-    try:
+    with exit_with_message("nnunet_hlfd split", OptionError):
         if args.check:
             print(check_splits_file(args.dataset, args.check[:-1], args.check[-1]))
         else:
@@ -116,9 +112,6 @@ def run_split(args: argparse.Namespace) -> None:
                     args.dataset, args.teachers, args.by_site, args.holdout, args.seed, args.overwrite
                 )
             )
-    except OptionError as e:
-        print(f"nnunet_hlfd split: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from nnunet_hlfd.errors import EvaluationError
+from nnunet_hlfd.errors import EvaluationError, exit_with_message
 from nnunet_hlfd.evaluation.metrics import DEFAULT_TOLERANCE_MM
 
 COMMANDS = ("evaluate", "compare", "efficiency", "visualize")
@@ -129,11 +128,8 @@ def _add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    try:
+    with exit_with_message(f"nnunet_hlfd {args.command}", EvaluationError):
         _run(args)
-    except EvaluationError as e:
-        print(f"nnunet_hlfd {args.command}: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def _run(args: argparse.Namespace) -> None:
