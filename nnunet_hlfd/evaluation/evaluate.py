@@ -57,19 +57,17 @@ def read_task(dataset_json: dict) -> Task:
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
     manager = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
-    names = {}
-    for name, value in dataset_json["labels"].items():
-        names[str(tuple(value) if isinstance(value, (list, tuple)) and len(value) > 1 else _scalar(value))] = name
+    names = {str(_label_or_region(value)): name for name, value in dataset_json["labels"].items()}
     values = manager.foreground_regions if manager.has_regions else manager.foreground_labels
-    targets = []
-    for value in values:
-        value = tuple(value) if isinstance(value, (list, tuple)) and len(value) > 1 else _scalar(value)
-        targets.append(Target(names.get(str(value), str(value)), value))
+    targets = [Target(names.get(str(v), str(v)), v) for v in map(_label_or_region, values)]
     return Task(tuple(targets), manager.ignore_label, dataset_json.get("file_ending", ".nii.gz"))
 
 
-def _scalar(value) -> int:
-    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
+def _label_or_region(value) -> int | tuple[int, ...]:
+    """A label as int, a region of several labels as a tuple (a one-label region is that label)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) for v in value) if len(value) > 1 else int(value[0])
+    return int(value)
 
 
 def find_dataset_json(predictions: Path, references: Path, dataset_json: str | os.PathLike | None) -> Path:
