@@ -5,15 +5,26 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_text(path: Path, text: str) -> None:
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(text)
 
 
 def _cell(value):
@@ -22,10 +33,7 @@ def _cell(value):
 
 def write_csv(path: Path, rows: Iterable[dict], columns: Sequence[str]) -> None:
     """Columns in this order; None and NaN (undefined values) as empty cells."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as f:
+    with replaced_atomically(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows({k: _cell(row.get(k)) for k in columns} for row in rows)
-    os.replace(tmp, path)

@@ -77,10 +77,11 @@ def _predict(model_folder: Path, images: Path, output: Path) -> tuple[int, float
     import numpy as np
     import torch
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), verbose=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(0,))
+    from nnunet_hlfd.adapters import count_parameters
+    from nnunet_hlfd.evaluation.trained import load_predictor
+
+    predictor = load_predictor(model_folder, 0, "checkpoint_final.pth", torch.device("cpu"))
     output.mkdir(parents=True, exist_ok=True)
     io, seconds = SimpleITKIO(), []
     for image in sorted(images.glob("*_0000.nii.gz")):
@@ -89,7 +90,7 @@ def _predict(model_folder: Path, images: Path, output: Path) -> tuple[int, float
         segmentation = predictor.predict_single_npy_array(data, properties)
         seconds.append(time.perf_counter() - start)
         io.write_seg(segmentation, str(output / image.name.replace("_0000.nii.gz", ".nii.gz")), properties)
-    return sum(p.numel() for p in predictor.network.parameters()), float(np.median(seconds))
+    return count_parameters(predictor.network), float(np.median(seconds))
 
 
 def nnunet_environment(root: Path) -> dict[str, str]:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nnunet_hlfd.adapters import count_parameters
 from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.trained import case_files, load_predictor, preprocess
 from nnunet_hlfd.files import write_text
@@ -147,7 +148,7 @@ def measure_efficiency(
                     "model": model.name,
                     "folder": str(model.folder),
                     "device": device_name,
-                    "parameters": sum(p.numel() for p in network.parameters()),
+                    "parameters": count_parameters(network),
                     "patch_size": list(patch),
                     "macs_per_patch": count_macs(network, (1, model.cases[0].shape[0], *patch), device),
                     "case_shapes": [list(c.shape[1:]) for c in model.cases],

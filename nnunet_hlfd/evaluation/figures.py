@@ -23,6 +23,7 @@ from tqdm import tqdm
 from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.evaluate import Task, find_dataset_json, read_task
 from nnunet_hlfd.evaluation.trained import case_files, load_predictor, preprocess
+from nnunet_hlfd.files import replaced_atomically
 
 # nnU-Net's logger sets a large seaborn font scale globally; these figures use their own sizes
 STYLE = {
@@ -37,11 +38,9 @@ CLASS_COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    fig.savefig(tmp, dpi=120)
+    with replaced_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
