@@ -47,6 +47,20 @@ def make_unet(dim: int, base: int, residual: bool = False, num_classes: int = 3,
     return PlainConvUNet(n_conv_per_stage=[2] * n, **common)
 
 
+def targets_for(output, regions: bool, ignore: bool):
+    """nnU-Net-style deep-supervision targets: labels (B,1,...) or region masks (+ ignore channel)."""
+    targets = []
+    for o in output:
+        shape = (o.shape[0], 1, *o.shape[2:])
+        if regions:
+            t = (torch.rand(o.shape[0], o.shape[1] + 1, *o.shape[2:]) > 0.5).float()
+            t[:, -1] = (torch.rand(shape[0], *shape[2:]) > 0.8).float() if ignore else 0
+        else:
+            t = torch.randint(0, 4 if ignore else 3, shape).float()
+        targets.append(t)
+    return targets
+
+
 def tiny_plans(dataset_name: str = "Dataset990_HLFDSynthetic", n_stages: int = 4) -> dict:
     """Plans in nnU-Net 2.8.1's format for a 16x32x32 CT dataset (as its planner writes them)."""
     strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]][:n_stages]

@@ -7,14 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_unet
+from conftest import make_unet, targets_for
 
 from nnunet_hlfd.methods import Distiller
 from nnunet_hlfd.methods.attention_transfer import AttentionTransfer, AttentionTransferConfig
+from nnunet_hlfd.methods.contrastive import MultiScaleContrastiveKD
 from nnunet_hlfd.methods.cwd import ChannelWiseDistillation, cwd_loss
 from nnunet_hlfd.methods.fitnets import FitNets, FitNetsConfig, fitnets_loss
 from nnunet_hlfd.methods.hlfd_ablations import AblationConfig, ConcatenatedFeedback, HLFDAblation, ablation_pairs
 from nnunet_hlfd.methods.logit_kd import LogitKD, LogitKDConfig, deep_supervision_weights, logit_kd_pairs
+from nnunet_hlfd.methods.multi_teacher import MultiTeacherKD
 from nnunet_hlfd.methods.stage_pairs import StagePair, feature_pair_loss, pixel_pair_loss
 from nnunet_hlfd.methods.structured_kd import StructuredKD, pairwise_similarity_loss
 
@@ -232,27 +234,15 @@ METHODS = {
     "structured_kd": lambda: StructuredKD(),
     **{v: (lambda v=v: HLFDAblation(AblationConfig(variant=v))) for v in ABLATIONS},
     "concatenated_feedback": lambda: ConcatenatedFeedback(),
+    "multi_teacher": lambda: MultiTeacherKD(),  # one teacher here; several in test_multi_teacher.py
+    "multi_scale_contrastive": lambda: MultiScaleContrastiveKD(),
 }  # fmt: skip
-
-
-def targets_for(output, regions: bool, ignore: bool):
-    """nnU-Net-style deep-supervision targets: labels (B,1,...) or region masks (+ ignore channel)."""
-    targets = []
-    for o in output:
-        shape = (o.shape[0], 1, *o.shape[2:])
-        if regions:
-            t = (torch.rand(o.shape[0], o.shape[1] + 1, *o.shape[2:]) > 0.5).float()
-            t[:, -1] = (torch.rand(shape[0], *shape[2:]) > 0.8).float() if ignore else 0
-        else:
-            t = torch.randint(0, 4 if ignore else 3, shape).float()
-        targets.append(t)
-    return targets
 
 
 @pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("dim, regions", [(3, False), (2, True)])
 def test_method_on_nnunet_unets(name, dim, regions):
-    from nnunet_hlfd.methods.base import valid_masks
+    from nnunet_hlfd.methods.base import by_decoder_stage, valid_masks
 
     torch.manual_seed(5)
     student, teacher = make_unet(dim, 4), make_unet(dim, 8)
@@ -264,8 +254,9 @@ def test_method_on_nnunet_unets(name, dim, regions):
     data = torch.randn(shape)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # nnU-Net trains under autocast
         output, captured_teacher = distiller.forward(student, data)
-        valid = valid_masks(targets_for(output, regions, ignore=True), distiller.n_stages, 3, regions)
-        terms = distiller.losses(output, captured_teacher, valid)
+        targets = targets_for(output, regions, ignore=True)
+        valid = valid_masks(targets, distiller.n_stages, 3, regions)
+        terms = distiller.losses(output, captured_teacher, valid, by_decoder_stage(targets, distiller.n_stages))
     assert set(terms) == {*method.term_names, "total"}
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in terms.values())
     assert terms["total"].item() > 0
@@ -275,4 +266,4 @@ def test_method_on_nnunet_unets(name, dim, regions):
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
     if distiller.adapters is not None:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.adapters.parameters())
-    assert name not in ("fitnets", "concatenated_feedback") or distiller.adapters is not None
+    assert (name in ("fitnets", "concatenated_feedback", "multi_scale_contrastive")) == (distiller.adapters is not None)

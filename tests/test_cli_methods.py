@@ -13,14 +13,32 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import DATASET, model_folder, predict, train
+from conftest import DATASET, TEACHER, model_folder, predict, train
 
 from nnunet_hlfd.splits import TRAINING_CASES_FILE
+from nnunet_hlfd.trainers.multi_teacher import TEACHERS_ENV
 from nnunet_hlfd.trainers.schedules import DEBUG_TRAINERS, INTERRUPTED_EXIT_CODE, STOP_AFTER_EPOCH_ENV
 
-COVERED_ELSEWHERE = {"nnUNetTrainerHLFD_debug", "nnUNetTrainerHLFD_adapters_debug"}  # test_cli_end_to_end.py
+COVERED_ELSEWHERE = {
+    "nnUNetTrainerHLFD_debug",  # test_cli_end_to_end.py
+    "nnUNetTrainerHLFD_adapters_debug",
+    "nnUNetTrainerMultiTeacher_confidence_debug",  # test_demo.py, with two limit-trained teachers
+    "nnUNetTrainerMultiScaleContrastive_f050_debug",  # its method and its fraction are run by other trainers
+}
 TRAINERS = sorted(set(DEBUG_TRAINERS) - COVERED_ELSEWHERE)
-WITH_ADAPTERS = {"nnUNetTrainerFitNets_debug", "nnUNetTrainerHLFD_concatenated_feedback_debug"}
+WITH_ADAPTERS = {
+    "nnUNetTrainerFitNets_debug",
+    "nnUNetTrainerHLFD_concatenated_feedback_debug",
+    "nnUNetTrainerMultiScaleContrastive_debug",
+}
+
+
+def environment(env: dict, trainer: str) -> dict:
+    """The multi-teacher trainer is given the one teacher here (its default, the teacher folds of a limit-trained
+    split, is run in test_demo.py)."""
+    if trainer.startswith("nnUNetTrainerMultiTeacher"):
+        return dict(env, **{TEACHERS_ENV: str(model_folder(env, TEACHER) / "fold_0")})
+    return env
 
 
 def train_interrupt_resume_predict(env: dict, trainer: str, out: Path) -> str:
@@ -42,7 +60,9 @@ def train_interrupt_resume_predict(env: dict, trainer: str, out: Path) -> str:
 def chains(pipeline, tmp_path_factory):
     out = tmp_path_factory.mktemp("predictions")
     with ThreadPoolExecutor(2) as pool:
-        futures = {t: pool.submit(train_interrupt_resume_predict, pipeline, t, out / t) for t in TRAINERS}
+        futures = {
+            t: pool.submit(train_interrupt_resume_predict, environment(pipeline, t), t, out / t) for t in TRAINERS
+        }
     return {t: f.result() if f.exception() is None else repr(f.exception()) for t, f in futures.items()}, out
 
 

@@ -10,9 +10,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import make_unet
+from conftest import make_unet, targets_for
 
 from nnunet_hlfd.methods import HLFD, Distiller, HLFDConfig
+from nnunet_hlfd.methods.base import by_decoder_stage
+from nnunet_hlfd.methods.contrastive import MultiScaleContrastiveKD
 from nnunet_hlfd.methods.fitnets import FitNets
 from nnunet_hlfd.methods.hlfd_ablations import ConcatenatedFeedback
 
@@ -20,6 +22,7 @@ METHODS_WITH_ADAPTERS = {
     "hlfd_adapters": lambda: HLFD(HLFDConfig(plfd_heads="adapters")),
     "fitnets": FitNets,
     "concatenated_feedback": ConcatenatedFeedback,
+    "multi_scale_contrastive": MultiScaleContrastiveKD,
 }
 
 
@@ -47,7 +50,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, wrap: bool, method: 
             x = torch.randn(2, 1, 8, 16, 16, generator=torch.Generator().manual_seed(1000 * rank + step))
             optimizer.zero_grad()
             out, captured = distiller.forward(student, x)
-            loss = distiller.losses(out, captured, {j: None for j in range(len(out))})["total"]
+            targets = by_decoder_stage(targets_for(out, regions=False, ignore=False), len(out) + 1)
+            loss = distiller.losses(out, captured, {j: None for j in range(len(out))}, targets)["total"]
             loss.backward()
             optimizer.step()
             losses.append(loss.item())

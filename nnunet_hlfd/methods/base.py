@@ -9,6 +9,7 @@ adds distillation to a step in three calls.
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +41,7 @@ class DistillationMethod(ABC):
 
     name: str
     term_names: tuple[str, ...]
+    uses_targets: bool = False  # loss() also receives nnU-Net's deep-supervision targets (``targets=``)
 
     @abstractmethod
     def student_taps(self, n_stages: int) -> Taps: ...
@@ -51,6 +53,17 @@ class DistillationMethod(ABC):
         """Trainable student-side modules the loss needs, built once; None when there are none."""
         return None
 
+    def summarize_teacher(self, captured: Captured, regions: bool) -> Any:
+        """What the loss needs of one teacher's forward pass. Multi-teacher methods reduce it here, so that
+        the next teacher runs without the previous one's feature maps in memory."""
+        return captured
+
+    def combine_teachers(self, summaries: list, regions: bool) -> Any:
+        """The ``teacher`` argument of :meth:`loss`, from every teacher's summary (in the teachers' order)."""
+        if len(summaries) != 1:
+            raise ValueError(f"{type(self).__name__} distils one teacher, got {len(summaries)}")
+        return summaries[0]
+
     @abstractmethod
     def loss(
         self,
@@ -60,13 +73,19 @@ class DistillationMethod(ABC):
         valid: dict[int, torch.Tensor | None],
         regions: bool,
     ) -> dict[str, torch.Tensor]:
-        """Loss terms by name (``term_names``) plus ``'total'``, the weighted sum added to nnU-Net's loss."""
+        """Loss terms by name (``term_names``) plus ``'total'``, the weighted sum added to nnU-Net's loss.
+
+        Methods with ``uses_targets`` also get ``targets``: nnU-Net's deep-supervision targets, keyed by
+        decoder stage like ``valid``.
+        """
 
 
-def _logits_by_decoder_stage(output: torch.Tensor | Sequence[torch.Tensor], n_stages: int) -> dict[int, torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        return {n_stages - 2: output}
-    return {n_stages - 2 - k: o for k, o in enumerate(output)}
+def by_decoder_stage(outputs: torch.Tensor | Sequence[torch.Tensor], n_stages: int) -> dict[int, torch.Tensor]:
+    """Deep-supervision outputs or targets (nnU-Net lists the highest resolution first) keyed by decoder stage
+    j; a single tensor is the final prediction's."""
+    if isinstance(outputs, torch.Tensor):
+        return {n_stages - 2: outputs}
+    return {n_stages - 2 - k: o for k, o in enumerate(outputs)}
 
 
 def valid_masks(
@@ -78,8 +97,7 @@ def valid_masks(
     ignore label arrives as an extra last target channel (as in nnU-Net's DC_and_BCE_loss).
     """
     masks: dict[int, torch.Tensor | None] = {}
-    for k, target in enumerate(targets):
-        j = n_stages - 2 - k
+    for j, target in by_decoder_stage(list(targets), n_stages).items():
         if ignore_label is None:
             masks[j] = None
         elif has_regions:
@@ -90,44 +108,52 @@ def valid_masks(
 
 
 class Distiller:
-    """Frozen teacher + recorders + adapters for one method, attached to a student by :meth:`attach`."""
+    """Frozen teacher(s) + recorders + adapters for one method, attached to a student by :meth:`attach`."""
 
     def __init__(self, method: DistillationMethod, regions: bool):
         self.method = method
         self.regions = regions
         self.student_layout: UNetLayout | None = None
         self.student_recorder: FeatureRecorder | None = None
-        self.teacher: nn.Module | None = None
-        self.teacher_recorder: FeatureRecorder | None = None
+        self.teachers: list[nn.Module] = []
+        self.teacher_recorders: list[FeatureRecorder] = []
         self.adapters: nn.Module | None = None
 
-    def attach(self, student: nn.Module, teacher: nn.Module, num_classes: int) -> None:
-        """Hook the student, freeze (eval mode, no gradients) and hook the teacher, build the adapters.
+    def attach(self, student: nn.Module, teacher: nn.Module | Sequence[nn.Module], num_classes: int) -> None:
+        """Hook the student, freeze (eval mode, no gradients) and hook the teacher(s), build the adapters.
 
         Call once, before torch.compile and DDP wrapping of the student; adapters may depend on both layouts
-        (e.g. FitNets maps student channels to teacher channels).
+        (e.g. FitNets maps student channels to the first teacher's channels).
         """
         if self.student_recorder is not None:
             return
-        self.student_layout, teacher_layout = unet_layout(student), unet_layout(teacher)
-        if teacher_layout.n_stages != self.student_layout.n_stages:
-            raise StageLayoutError(
-                f"teacher has {teacher_layout.n_stages} stages, student {self.student_layout.n_stages}: they must align"
-            )
+        teachers = [teacher] if isinstance(teacher, nn.Module) else list(teacher)
+        self.student_layout = unet_layout(student)
         n = self.student_layout.n_stages
+        teacher_layouts = [unet_layout(t) for t in teachers]
+        for k, layout in enumerate(teacher_layouts):
+            if layout.n_stages != n:
+                which = "teacher" if len(teachers) == 1 else f"teacher {k}"
+                raise StageLayoutError(f"{which} has {layout.n_stages} stages, student {n}: they must align")
         taps = self.method.student_taps(n)
         self.student_recorder = unet_recorder(student, taps.encoder, taps.decoder)
-        teacher.eval()
-        teacher.requires_grad_(False)
-        self.teacher = teacher
         taps = self.method.teacher_taps(n)
-        self.teacher_recorder = unet_recorder(teacher, taps.encoder, taps.decoder)
-        self.adapters = self.method.build_adapters(self.student_layout, teacher_layout, num_classes)
+        for t in teachers:
+            t.eval()
+            t.requires_grad_(False)
+            self.teacher_recorders.append(unet_recorder(t, taps.encoder, taps.decoder))
+        self.teachers = teachers
+        self.adapters = self.method.build_adapters(self.student_layout, teacher_layouts[0], num_classes)
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The (first) teacher."""
+        return self.teachers[0] if self.teachers else None
 
     def wrap_adapters_for_ddp(self, device: torch.device, local_rank: int) -> None:
         """Under DDP, wrap the adapters on their own: rank 0's initial weights are broadcast and gradients are
-        averaged, so they stay identical on every rank. The student is DDP-wrapped by nnU-Net; the teacher
-        never is (each rank holds a frozen copy)."""
+        averaged, so they stay identical on every rank. The student is DDP-wrapped by nnU-Net; the teachers
+        never are (each rank holds frozen copies)."""
         from torch.nn.parallel import DistributedDataParallel
 
         if self.adapters is not None and any(p.requires_grad for p in self.adapters.parameters()):
@@ -139,20 +165,24 @@ class Distiller:
         return self.student_layout.n_stages
 
     @torch.no_grad()
-    def run_teacher(self, data: torch.Tensor) -> Captured:
-        """Teacher forward without autograd; call it inside the student's autocast context."""
-        self.teacher.eval()  # stays in eval mode whatever the trainer does to its own network
-        with self.teacher_recorder.recording() as outputs:
-            output = self.teacher(data)
-        captured = self._captured(outputs, output)
-        self.teacher_recorder.clear()
-        return captured
+    def run_teacher(self, data: torch.Tensor):
+        """The teachers' forward passes without autograd, one after another (each reduced by the method's
+        ``summarize_teacher`` before the next runs), combined; call it inside the student's autocast context."""
+        summaries = []
+        for teacher, recorder in zip(self.teachers, self.teacher_recorders):
+            teacher.eval()  # stays in eval mode whatever the trainer does to its own network
+            with recorder.recording() as outputs:
+                output = teacher(data)
+            summaries.append(self.method.summarize_teacher(self._captured(outputs, output), self.regions))
+            recorder.clear()
+            del output
+        return self.method.combine_teachers(summaries, self.regions)
 
     def forward(self, student: nn.Module, data: torch.Tensor):
         """Teacher forward (no autograd), then ``student(data)`` with the student's taps recorded.
 
         Pass the module nnU-Net trains (DDP- or compile-wrapped): calling its inner module would bypass DDP's
-        gradient synchronisation. Returns (student output, captured teacher).
+        gradient synchronisation. Returns (student output, what the teachers give the loss).
         """
         teacher = self.run_teacher(data)
         with self.student_recorder.recording():
@@ -160,17 +190,30 @@ class Distiller:
         return output, teacher
 
     def losses(
-        self, student_output, teacher: Captured, valid: dict[int, torch.Tensor | None]
+        self,
+        student_output,
+        teacher,
+        valid: dict[int, torch.Tensor | None],
+        targets: dict[int, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The method's loss terms for the last recorded student forward; releases the recorded tensors."""
+        """The method's loss terms for the last recorded student forward; releases the recorded tensors.
+
+        ``targets``: nnU-Net's deep-supervision targets by decoder stage (see :func:`by_decoder_stage`), needed
+        by methods with ``uses_targets``.
+        """
         student = self._captured(self.student_recorder.outputs, student_output)
+        extra = {}
+        if self.method.uses_targets:
+            if targets is None:
+                raise ValueError(f"{type(self.method).__name__} needs the segmentation targets")
+            extra["targets"] = targets
         try:
-            return self.method.loss(student, teacher, self.adapters, valid, self.regions)
+            return self.method.loss(student, teacher, self.adapters, valid, self.regions, **extra)
         finally:
             self.student_recorder.clear()
 
     def _captured(self, outputs: dict[str, torch.Tensor], network_output) -> Captured:
-        captured = Captured(logits=_logits_by_decoder_stage(network_output, self.n_stages))
+        captured = Captured(logits=by_decoder_stage(network_output, self.n_stages))
         for name, tensor in outputs.items():
             part, index = name.split(".")
             getattr(captured, part)[int(index)] = tensor

@@ -28,8 +28,13 @@ def _norm(value):
     return value
 
 
-def teacher_problems(teacher: Teacher, plans: dict, configuration: dict, dataset_json: dict, fold) -> list[str]:
-    """Every reason this teacher cannot teach a student of ``plans``/``configuration``/``fold``; [] if none."""
+def teacher_problems(
+    teacher: Teacher, plans: dict, configuration: dict, dataset_json: dict, fold, same_fold: bool = True
+) -> list[str]:
+    """Every reason this teacher cannot teach a student of ``plans``/``configuration``/``fold``; [] if none.
+
+    ``same_fold=False`` leaves the fold to the caller (multi-teacher KD checks the splits for leakage instead).
+    """
     problems = []
     if teacher.plans.get("dataset_name") != plans.get("dataset_name"):
         problems.append(
@@ -51,7 +56,7 @@ def teacher_problems(teacher: Teacher, plans: dict, configuration: dict, dataset
         if t != s:
             problems.append(f"other preprocessing: teacher {key} = {t}, student {key} = {s}")
     folds = {teacher.fold, teacher.spec.fold}
-    if folds != {str(fold)}:
+    if same_fold and folds != {str(fold)}:
         problems.append(
             f"fold leakage: the teacher is fold {'/'.join(sorted(folds))}, the student fold {fold}; a teacher "
             f"of another fold (or 'all') has trained on this fold's validation cases"

@@ -1,6 +1,6 @@
 """nnU-Net trainers of this package. nnU-Net finds them through the shim folder (see nnunet_hlfd.ext_path)."""
 
-from nnunet_hlfd.trainers import baselines, hlfd, schedules, student
+from nnunet_hlfd.trainers import baselines, contrastive, hlfd, multi_teacher, schedules, student
 from nnunet_hlfd.trainers.distillation import nnUNetTrainerDistillation
 
 
@@ -15,6 +15,8 @@ TRAINERS = {
     **_trainers(student),
     **_trainers(hlfd),
     **_trainers(baselines),
+    **_trainers(multi_teacher),
+    **_trainers(contrastive),
     **_trainers(schedules),
 }
 TRAINERS.pop("nnUNetTrainer", None)  # nnU-Net's own, imported by the schedules

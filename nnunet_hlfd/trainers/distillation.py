@@ -22,8 +22,8 @@ from nnunet_hlfd.capture import unwrap
 from nnunet_hlfd.errors import TeacherMismatchError
 from nnunet_hlfd.evaluation.figures import plot_training_curves
 from nnunet_hlfd.methods import DistillationMethod, Distiller
-from nnunet_hlfd.methods.base import valid_masks
-from nnunet_hlfd.teacher import TeacherSpec, check_teacher, read_teacher
+from nnunet_hlfd.methods.base import by_decoder_stage, valid_masks
+from nnunet_hlfd.teacher import Teacher, TeacherSpec, check_teacher, read_teacher
 from nnunet_hlfd.trainers.student import TEACHER_RECORD_FILE, nnUNetTrainerStudent
 
 CHECKPOINT_KEY = "distillation"
@@ -77,25 +77,34 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
         self.kd_log_keys = [f"kd_{name}" for name in self.method.term_names] + ["kd_total"]
         self._add_log_keys()
 
+    def _read_teachers(self, plans: dict, configuration: dict, dataset_json: dict, fold) -> list[Teacher]:
+        """Read and check every teacher before anything is written."""
+        teachers = [read_teacher(spec) for spec in self.teacher_specs]
+        for teacher in teachers:
+            check_teacher(teacher, plans, configuration, dataset_json, fold)
+        return teachers
+
     def _teacher_configuration(
         self, spec: TeacherSpec, plans: dict, configuration: str, own: dict, dataset_json: dict, fold
     ) -> dict:
-        self.teacher_model = read_teacher(spec)
-        check_teacher(self.teacher_model, plans, own, dataset_json, fold)
+        self.teacher_models = self._read_teachers(plans, own, dataset_json, fold)
         self.derived_from = str(Path(spec.model_folder) / "plans.json")
-        return self.teacher_model.configuration_dict()
+        return self.teacher_models[0].configuration_dict()
 
     def _plans_record(self) -> dict:
-        return {**super()._plans_record(), "teacher_used": self.teacher_spec.as_record()}
+        used = [teacher.spec.as_record() for teacher in self.teacher_models]
+        return {**super()._plans_record(), "teacher_used": used[0] if len(used) == 1 else used}
 
     # ---- set-up --------------------------------------------------------------------------------------------
     def _do_i_compile(self) -> bool:
         # nnU-Net asks this right after building self.network and before compiling and DDP-wrapping it: the
         # one point where forward hooks can be attached ahead of torch.compile.
         if self.network is not None and self.distiller.student_recorder is None:
-            teacher = self.teacher_model.build_network(self.device)
-            self.teacher_model.network_weights = None  # built; no second copy in memory
-            self.distiller.attach(self.network, teacher, self.label_manager.num_segmentation_heads)
+            teachers = []
+            for teacher in self.teacher_models:
+                teachers.append(teacher.build_network(self.device))
+                teacher.network_weights = None  # built; no second copy in memory
+            self.distiller.attach(self.network, teachers, self.label_manager.num_segmentation_heads)
             if self.distiller.adapters is not None:
                 self.distiller.adapters.to(self.device)
         # Compilation of hooked students is not verified yet: only when asked for explicitly.
@@ -120,16 +129,21 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
         teacher = count_parameters(self.distiller.teacher)
         student = count_parameters(self.student_network())
         adapters = count_parameters(self.distiller.adapters)
+        described = "".join(f"Teacher: {t.spec.describe()}\n" for t in self.teacher_models)
+        if len(self.teacher_models) > 1:
+            all_teachers = sum(map(count_parameters, self.distiller.teachers))
+            described += f"{len(self.teacher_models)} teachers, {all_teachers:,} parameters together\n"
         return (
-            f"Teacher: {self.teacher_spec.describe()}\n"
-            f"Teacher parameters: {teacher:,}; student parameters: {student:,} (width {self.hlfd_options['width']}); "
-            f"student/teacher ratio: {student / teacher:.3f}; trainable adapter parameters: {adapters:,}"
+            f"{described}Teacher parameters: {teacher:,}; student parameters: {student:,} "
+            f"(width {self.hlfd_options['width']}); student/teacher ratio: {student / teacher:.3f}; "
+            f"trainable adapter parameters: {adapters:,}"
         )
 
     def on_train_start(self) -> None:
         super().on_train_start()
         if self.local_rank == 0:
-            record = {"spec": self.teacher_spec.as_record(), "teacher": self.teacher_model.record()}
+            teachers = [{"spec": t.spec.as_record(), "teacher": t.record()} for t in self.teacher_models]
+            record = {**teachers[0], "teachers": teachers}
             (Path(self.output_folder) / TEACHER_RECORD_FILE).write_text(json.dumps(record, indent=2))
 
     # ---- the step ----------------------------------------------------------------------------------------
@@ -156,7 +170,7 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
             valid = valid_masks(
                 targets, self.distiller.n_stages, self.label_manager.ignore_label, self.label_manager.has_regions
             )
-            terms = self.distiller.losses(output, teacher, valid)
+            terms = self.distiller.losses(output, teacher, valid, by_decoder_stage(targets, self.distiller.n_stages))
             loss = seg_loss + terms["total"]
 
         backward_and_step(loss, self.optimizer, self.grad_scaler, self._trainable_parameters())
@@ -207,7 +221,8 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
         checkpoint[CHECKPOINT_KEY] = {
             "method": self.method.name,
             "options": self.hlfd_options,
-            "teacher": self.teacher_model.record(),
+            "teacher": self.teacher_models[0].record(),
+            "teachers": [teacher.record() for teacher in self.teacher_models],
             "adapters": adapters.state_dict() if adapters is not None else None,
         }
         torch.save(checkpoint, filename)
@@ -221,12 +236,19 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
             raise TeacherMismatchError(
                 f"{filename_or_checkpoint} has no distillation state: it was not written by a distillation trainer."
             )
-        if state["teacher"]["sha256"] != self.teacher_model.sha256:
+        recorded = state.get("teachers", [state["teacher"]])
+        if len(recorded) != len(self.teacher_models):
             raise TeacherMismatchError(
-                f"The teacher checkpoint {self.teacher_spec.checkpoint_path} has changed since this student was "
-                f"trained from it (sha256 {state['teacher']['sha256'][:12]}… then, {self.teacher_model.sha256[:12]}… "
-                "now). Resuming would mix two teachers: restore that teacher or train into a new results folder."
+                f"{filename_or_checkpoint} was trained with {len(recorded)} teacher(s), this run has "
+                f"{len(self.teacher_models)}: train into a new results folder."
             )
+        for then, teacher in zip(recorded, self.teacher_models):
+            if then["sha256"] != teacher.sha256:
+                raise TeacherMismatchError(
+                    f"The teacher checkpoint {teacher.spec.checkpoint_path} has changed since this student was "
+                    f"trained from it (sha256 {then['sha256'][:12]}… then, {teacher.sha256[:12]}… now). "
+                    "Resuming would mix two teachers: restore that teacher or train into a new results folder."
+                )
         if self.distiller.adapters is not None:
             unwrap(self.distiller.adapters).load_state_dict(state["adapters"])
         self._add_log_keys()

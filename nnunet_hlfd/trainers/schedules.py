@@ -9,7 +9,7 @@ import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_hlfd.trainers import baselines, hlfd
+from nnunet_hlfd.trainers import baselines, contrastive, hlfd, multi_teacher
 from nnunet_hlfd.trainers.distillation import nnUNetTrainerDistillation
 from nnunet_hlfd.trainers.hlfd import nnUNetTrainerHLFD
 from nnunet_hlfd.trainers.student import nnUNetTrainerStudent
@@ -77,7 +77,7 @@ class nnUNetTrainerStudent_debug(_Debug, nnUNetTrainerStudent):
 def _distillation_trainers() -> list[type]:
     found = [
         cls
-        for module in (hlfd, baselines)
+        for module in (hlfd, baselines, multi_teacher, contrastive)
         for cls in vars(module).values()
         if isinstance(cls, type) and issubclass(cls, nnUNetTrainerDistillation) and cls.__module__ == module.__name__
     ]

@@ -89,44 +89,58 @@ class nnUNetTrainerStudent(nnUNetTrainer):
         name = f"{type(self).__name__}__{plans['plans_name']}__{configuration}"
         return Path(nnUNet_results.get()) / plans["dataset_name"] / name / f"fold_{fold}"
 
-    def _teacher_spec(self, plans: dict, configuration: str, fold) -> TeacherSpec:
+    def _requested_teachers(self, fold) -> list[TeacherSpec] | None:
+        """The teacher(s) the user named (environment, plans block or class), or None for the default."""
         options = self.hlfd_options
         checkpoint = options["teacher_checkpoint"]
-        requested = None
         if os.environ.get(TEACHER_ENV):
-            requested = teacher_spec_from_path(
-                os.environ[TEACHER_ENV], fold, checkpoint, f"environment variable {TEACHER_ENV}"
-            )
-        elif options["teacher"]:
+            return [
+                teacher_spec_from_path(os.environ[TEACHER_ENV], fold, checkpoint, f"environment variable {TEACHER_ENV}")
+            ]
+        if options["teacher"]:
             where = f'plans block "{PLANS_BLOCK}"' if "teacher" in self._options_from_plans else "trainer class"
-            requested = teacher_spec_from_path(options["teacher"], fold, checkpoint, where)
+            return [teacher_spec_from_path(options["teacher"], fold, checkpoint, where)]
+        return None
 
+    def _default_teachers(self, plans: dict, configuration: str, fold) -> list[TeacherSpec]:
+        """nnU-Net's results layout: the teacher trainer's model of the same plans, configuration and fold."""
+        options = self.hlfd_options
+        return [
+            default_teacher_spec(
+                nnUNet_results.get(),
+                plans["dataset_name"],
+                options["teacher_trainer"],
+                options["teacher_plans"] or plans["plans_name"],
+                options["teacher_configuration"] or configuration,
+                fold,
+                options["teacher_checkpoint"],
+            )
+        ]
+
+    def _teacher_specs(self, plans: dict, configuration: str, fold) -> list[TeacherSpec]:
+        """The teacher(s): those recorded when resuming, else those requested, else the default."""
+        requested = self._requested_teachers(fold)
         output_folder = self._output_folder(plans, configuration, fold)
         record_file = output_folder / TEACHER_RECORD_FILE if output_folder else None
         if plans.get("continue_training") and record_file is not None and record_file.is_file():
-            recorded = TeacherSpec(
-                **{**json.loads(record_file.read_text())["spec"], "source": f"recorded in {record_file}"}
-            )
-            if requested is not None and requested.checkpoint_path != recorded.checkpoint_path:
+            record = json.loads(record_file.read_text())
+            recorded = [
+                TeacherSpec(**{**entry["spec"], "source": f"recorded in {record_file}"})
+                for entry in record.get("teachers", [record])
+            ]
+            paths = [spec.checkpoint_path for spec in recorded]
+            if requested is not None and [spec.checkpoint_path for spec in requested] != paths:
                 raise OptionError(
-                    f"This run was started with the teacher {recorded.checkpoint_path}, but {requested.describe()} "
-                    f"is requested now. Resume with the recorded teacher (unset {TEACHER_ENV} or the plans option), "
-                    "or train into a new results folder."
+                    f"This run was started with the teacher(s) {', '.join(map(str, paths))}, but "
+                    f"{', '.join(spec.describe() for spec in requested)} is requested now. Resume with the recorded "
+                    "teacher(s) (unset the environment variable or plans option), or train into a new results folder."
                 )
             return recorded
         if requested is not None:
             return requested
         if not nnUNet_results.is_set():
             raise OptionError("nnUNet_results is not set: the teacher cannot be located (and nnU-Net cannot train).")
-        return default_teacher_spec(
-            nnUNet_results.get(),
-            plans["dataset_name"],
-            options["teacher_trainer"],
-            options["teacher_plans"] or plans["plans_name"],
-            options["teacher_configuration"] or configuration,
-            fold,
-            checkpoint,
-        )
+        return self._default_teachers(plans, configuration, fold)
 
     def _teacher_configuration(
         self, spec: TeacherSpec, plans: dict, configuration: str, own: dict, dataset_json: dict, fold
@@ -152,7 +166,8 @@ class nnUNetTrainerStudent(nnUNetTrainer):
     def _student_plans(self, plans: dict, configuration: str, fold, dataset_json: dict) -> dict:
         own = PlansManager(plans).get_configuration(configuration).configuration
         self.hlfd_options = self._read_options(own)
-        self.teacher_spec = self._teacher_spec(plans, configuration, fold)
+        self.teacher_specs = self._teacher_specs(plans, configuration, fold)
+        self.teacher_spec = self.teacher_specs[0]  # the student is derived from the (first) teacher's plan
         reference = self._teacher_configuration(self.teacher_spec, plans, configuration, own, dataset_json, fold)
         student_architecture = derive_student_architecture(
             reference["architecture"], self.hlfd_options["width"], self.hlfd_options["n_conv_per_stage"]
