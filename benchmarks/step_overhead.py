@@ -4,8 +4,9 @@ In one run, for a 2D and a 3D plan, it measures the median iteration time and th
   (a) a student-only step (forward, nnU-Net's deep-supervision Dice+CE loss, backward, clip, SGD step),
   (b) a teacher forward alone (eval, no autograd),
   (c) an HLFD step (teacher forward + student step + HLFD terms through the package's Distiller),
-and reports the distillation overhead (c - a - b) / a. Each (plan, mode) runs in a fresh process so that peak
-memory is its own (CUDA: max allocated; CPU: peak resident set size of the process).
+and reports the distillation overhead (c - a - b) / a. The same for multi-scale contrastive KD, and the
+multi-teacher step with 1, 2 and 3 teachers, whose slope is the cost of each extra teacher. Each (plan, mode)
+runs in a fresh process so that peak memory is its own (CUDA: max allocated; CPU: peak resident set size).
 
     python benchmarks/step_overhead.py                 # CPU, small plans
     python benchmarks/step_overhead.py --device cuda   # GPU, nnU-Net's default-sized plans
@@ -28,6 +29,9 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch import nn
 
 from nnunet_hlfd.methods import HLFD, Distiller
+from nnunet_hlfd.methods.base import by_decoder_stage
+from nnunet_hlfd.methods.contrastive import MultiScaleContrastiveKD
+from nnunet_hlfd.methods.multi_teacher import MultiTeacherKD
 from nnunet_hlfd.trainers.distillation import backward_and_step
 
 # (patch, batch, strides, features cap); features per stage = min(32 * 2^i, cap), as nnU-Net's planner does
@@ -42,7 +46,13 @@ PLANS = {
     },
 }
 NUM_CLASSES = 3
-MODES = ("student_step", "teacher_forward", "hlfd_step")
+MAX_TEACHERS = 3
+DISTILLATION_STEPS = {  # mode -> (method, number of teachers)
+    "hlfd_step": (HLFD, 1),
+    "contrastive_step": (MultiScaleContrastiveKD, 1),
+    **{f"multi_teacher_{k}": (MultiTeacherKD, k) for k in range(1, MAX_TEACHERS + 1)},
+}
+MODES = ("student_step", "teacher_forward", *DISTILLATION_STEPS)
 
 
 def build_unet(dim: int, strides, cap: int, width: float) -> nn.Module:
@@ -90,15 +100,23 @@ class Bench:
         dim = len(patch)
         torch.manual_seed(0)
         self.student = build_unet(dim, strides, cap, 0.5).to(device)
-        if only != "student_step":  # building only what a mode needs keeps its peak memory its own
-            self.teacher = build_unet(dim, strides, cap, 1.0).to(device).eval().requires_grad_(False)
-        if only in (None, "hlfd_step"):
-            # hooks are inert outside distiller.forward(), so the student-only step is unaffected
-            self.distiller = Distiller(HLFD(), regions=False)
-            self.distiller.attach(self.student, self.teacher, NUM_CLASSES)
-        self.optimizer = torch.optim.SGD(
-            self.student.parameters(), 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5
-        )
+        # building only what a mode needs keeps its peak memory its own
+        needed = MAX_TEACHERS if only is None else DISTILLATION_STEPS.get(only, (None, int(only != "student_step")))[1]
+        self.teachers = []
+        for k in range(needed):
+            torch.manual_seed(1 + k)
+            self.teachers.append(build_unet(dim, strides, cap, 1.0).to(device).eval().requires_grad_(False))
+        # hooks are inert outside distiller.forward(), so one student serves every mode
+        self.distillers = {}
+        for mode, (method, count) in DISTILLATION_STEPS.items():
+            if only in (None, mode):
+                self.distillers[mode] = Distiller(method(), regions=False)
+                self.distillers[mode].attach(self.student, self.teachers[:count], NUM_CLASSES)
+        self.parameters = list(self.student.parameters())
+        self.parameters += [
+            p for d in self.distillers.values() if d.adapters is not None for p in d.adapters.parameters()
+        ]
+        self.optimizer = torch.optim.SGD(self.parameters, 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
         self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
         self.loss_fn = nnunet_loss(len(strides) - 1)
         self.x = torch.randn(batch, 1, *patch, device=device)
@@ -115,17 +133,19 @@ class Bench:
     def step(self, mode: str) -> None:
         if mode == "teacher_forward":
             with torch.no_grad(), self._autocast():
-                self.teacher(self.x)
+                self.teachers[0](self.x)
             return
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            if mode == "hlfd_step":
-                out, captured = self.distiller.forward(self.student, self.x)
-                kd = self.distiller.losses(out, captured, {j: None for j in range(len(out))})["total"]
+            if mode in self.distillers:
+                distiller = self.distillers[mode]
+                out, captured = distiller.forward(self.student, self.x)
+                valid = {j: None for j in range(len(out))}
+                kd = distiller.losses(out, captured, valid, by_decoder_stage(self.targets, len(out) + 1))["total"]
                 loss = self.loss_fn(out, self.targets) + kd
             else:
                 loss = self.loss_fn(self.student(self.x), self.targets)
-        backward_and_step(loss, self.optimizer, self.scaler, list(self.student.parameters()))
+        backward_and_step(loss, self.optimizer, self.scaler, self.parameters)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -133,7 +153,7 @@ class Bench:
 
 
 def time_modes(device_name: str, plan: str, iterations: int, warmup: int) -> dict:
-    """Median seconds per mode, the three modes interleaved so they share the machine's conditions."""
+    """Median seconds per mode, the modes interleaved so they share the machine's conditions."""
     bench = Bench(device_name, plan)
     times = {m: [] for m in MODES}
     for i in range(warmup + iterations):
@@ -200,7 +220,7 @@ def main() -> None:
 
     timing, memory_mb = {}, {}
     for plan in args.plans:
-        print(f"{plan}: timing the three modes interleaved ...", file=sys.stderr, flush=True)
+        print(f"{plan}: timing the {len(MODES)} modes interleaved ...", file=sys.stderr, flush=True)
         timing[plan] = _subprocess(args, iterations, plan, "timing")
         for mode in MODES:
             print(f"{plan}: peak memory of {mode} ...", file=sys.stderr, flush=True)
@@ -214,22 +234,31 @@ def main() -> None:
     memory = "peak allocated (MiB)" if args.device == "cuda" else "peak RSS of the process (MiB)"
     print(
         f"Device: {args.device} ({hardware}); torch {torch.__version__}; {iterations} timed iterations after "
-        f"{args.warmup} warm-up; student = half-width PlainConvUNet, teacher = full width; HLFD defaults.\n"
+        f"{args.warmup} warm-up; student = half-width PlainConvUNet, teachers = full width; methods' defaults.\n"
     )
     print(
-        f"| plan | patch × batch | stages | (a) student step (s) | (b) teacher forward (s) | (c) HLFD step (s) | "
+        f"| plan | patch × batch | stages | (a) student step (s) | (b) teacher forward (s) | (c) KD step (s) | "
         f"overhead (c−a−b)/a | memory a / b / c: {memory} |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for plan in args.plans:
         t = timing[plan]
-        a, b, c = (t[m] for m in MODES)
-        overhead = (c - a - b) / a
-        mem = " / ".join(f"{memory_mb[plan, m]:.0f}" for m in MODES)
-        print(
-            f"| {plan} | {'×'.join(map(str, t['patch']))} × {t['batch']} | {t['stages']} | {a:.3f} | {b:.3f} | "
-            f"{c:.3f} | {overhead:+.1%} | {mem} |"
-        )
+        a, b = t["student_step"], t["teacher_forward"]
+        for mode in DISTILLATION_STEPS:
+            c = t[mode]
+            mem = " / ".join(f"{memory_mb[plan, m]:.0f}" for m in ("student_step", "teacher_forward", mode))
+            print(
+                f"| {plan}, {mode} | {'×'.join(map(str, t['patch']))} × {t['batch']} | {t['stages']} | {a:.3f} | "
+                f"{b:.3f} | {c:.3f} | {(c - a - b) / a:+.1%} | {mem} |"
+            )
+    print(f"\nCost of each extra teacher (multi-teacher KD, slope from 1 to {MAX_TEACHERS} teachers):\n")
+    print(f"| plan | time per extra teacher (s) | ÷ student step | memory per extra teacher ({memory}) |")
+    print("|---|---|---|---|")
+    for plan in args.plans:
+        t, first, last = timing[plan], "multi_teacher_1", f"multi_teacher_{MAX_TEACHERS}"
+        per_teacher = (t[last] - t[first]) / (MAX_TEACHERS - 1)
+        memory_per_teacher = (memory_mb[plan, last] - memory_mb[plan, first]) / (MAX_TEACHERS - 1)
+        print(f"| {plan} | {per_teacher:.3f} | {per_teacher / t['student_step']:.2f} | {memory_per_teacher:.0f} |")
 
 
 if __name__ == "__main__":

@@ -184,12 +184,12 @@ def nnunet_train(env: dict, dataset_id: int, configuration: str, trainer: str, *
 
 
 def nnunet_predict(
-    env: dict, dataset_id: int, configuration: str, trainer: str, images, out, plans: str = "nnUNetPlans"
+    env: dict, dataset_id: int, configuration: str, trainer: str, images, out, plans: str = "nnUNetPlans", fold=0
 ) -> None:
-    """Stock nnUNetv2_predict of fold 0 on CPU, without test-time mirroring."""
+    """Stock nnUNetv2_predict of one fold on CPU, without test-time mirroring."""
     # fmt: off
     args = ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", configuration,
-            "-f", "0", "-tr", trainer, "-p", plans, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"]
+            "-f", str(fold), "-tr", trainer, "-p", plans, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"]
     # fmt: on
     run(args, env)
 

@@ -145,25 +145,78 @@ def test_visualize_contours_attention_and_training(demo, tmp_path, capsys):
     assert exit_code.value.code == 2 and "case nope has no image" in capsys.readouterr().err
 
 
-def test_limit_trained_teacher_on_a_split_written_by_the_split_command(demo, monkeypatch):
-    """Last in this module: it replaces the demo's splits_final.json. A teacher trains on its chunk with stock
-    nnUNetv2_train (fold 1 of 2 teachers; the other tests use fold 0)."""
+def test_multi_teacher_student_of_limit_trained_teachers(demo, monkeypatch):
+    """Last in this module: it replaces the demo's splits_final.json. `nnunet_hlfd split -k 2` writes 3 folds; two
+    teachers train on their chunks with stock nnUNetv2_train; the multi-teacher student finds them through
+    hlfd_splits.json, trains on fold 2 (interrupted and resumed) and predicts with nnUNetv2_predict."""
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from conftest import nnunet_predict, run
+
     from nnunet_hlfd.demo.pipeline import nnunet_environment
+    from nnunet_hlfd.errors import OptionError
+    from nnunet_hlfd.trainers.multi_teacher import TEACHERS_ENV
+    from nnunet_hlfd.trainers.schedules import DEBUG_TRAINERS, INTERRUPTED_EXIT_CODE, STOP_AFTER_EPOCH_ENV
 
     out, _ = demo
     env = dict(nnunet_environment(out), nnUNet_n_proc_DA="0")
-    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(key, env[key])
     printed = nnunet_hlfd("split", "991", "-k", "2", "--overwrite")
     preprocessed = out / "nnUNet_preprocessed" / "Dataset991_HLFDDemo"
     folds = json.loads((preprocessed / "splits_final.json").read_text())
     assert "fold 2: student on all 5 teacher cases" in printed and len(folds) == 3
-    trainer = "nnUNetTrainerHLFDTeacher_debug"
-    args = ["nnUNetv2_train", "991", "3d_fullres", "1", "-tr", trainer, "-device", "cpu"]
-    result = subprocess.run(args, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    fold = out / "nnUNet_results" / "Dataset991_HLFDDemo" / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_1"
+    teacher, student = "nnUNetTrainerHLFDTeacher_debug", "nnUNetTrainerMultiTeacher_confidence_debug"
+    results = out / "nnUNet_results" / "Dataset991_HLFDDemo"
+
+    def train(fold: int, trainer: str = teacher, **extra_env) -> subprocess.CompletedProcess:
+        args = ["nnUNetv2_train", "991", "3d_fullres", str(fold), "-tr", trainer, "-device", "cpu"]
+        return run([*args, *(["--c"] if extra_env.pop("resume", False) else [])], dict(env, **extra_env), False)
+
+    # refused before anything is written: the demo's teacher (fold 0) was trained on nnU-Net's 5-fold split
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    trainer_class = DEBUG_TRAINERS[student]
+    monkeypatch.setenv(TEACHERS_ENV, str(results / f"{teacher}__nnUNetPlans__3d_fullres" / "fold_0"))
+    with pytest.raises(OptionError, match="trained on another split"):
+        trainer_class(plans, "3d_fullres", 2, dataset_json, torch.device("cpu"))
+    monkeypatch.delenv(TEACHERS_ENV)
+    with pytest.raises(OptionError, match="not the student's fold"):
+        trainer_class(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+
+    with ThreadPoolExecutor(2) as pool:  # the two teachers, each on its chunk
+        assert [r.returncode for r in pool.map(train, [0, 1])] == [0, 0]
+    fold = results / f"{teacher}__nnUNetPlans__3d_fullres" / "fold_1"
     log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert f"This split has {len(folds[1]['train'])} training and 1 validation cases." in log
     validated = {p.name.removesuffix(".nii.gz") for p in (fold / "validation").glob("*.nii.gz")}
     assert validated == set(folds[2]["val"])  # the student's held-out case, never a teacher's training case
+
+    leaking = json.loads(json.dumps(folds))
+    leaking[1]["train"].append(folds[2]["val"][0])
+    (preprocessed / "splits_final.json").write_text(json.dumps(leaking))
+    with pytest.raises(OptionError, match="leaking set-up.*teacher fold 1"):
+        trainer_class(plans, "3d_fullres", 2, dataset_json, torch.device("cpu"))
+    (preprocessed / "splits_final.json").write_text(json.dumps(folds))
+    assert not (results / f"{student}__nnUNetPlans__3d_fullres").exists()
+
+    interrupted = train(2, student, **{STOP_AFTER_EPOCH_ENV: "1"})
+    assert interrupted.returncode == INTERRUPTED_EXIT_CODE, interrupted.stderr[-3000:]
+    resumed = train(2, student, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    fold = results / f"{student}__nnUNetPlans__3d_fullres" / "fold_2"
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2
+    assert [t["fold"] for t in final["distillation"]["teachers"]] == ["0", "1"]
+    for term in ("kd_kl", "kd_feature", "kd_lovasz"):
+        assert len(final["logging"][term]) == 2 and all(np.isfinite(final["logging"][term]))
+    log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert log.count("2 teachers, ") == 2 and "teacher fold in" in log
+    assert f"This split has {len(folds[2]['train'])} training and 1 validation cases." in log
+    predictions = out / "multi_teacher_predictions"
+    raw = out / "nnUNet_raw" / "Dataset991_HLFDDemo"
+    nnunet_predict(env, 991, "3d_fullres", student, raw / "imagesTs", predictions, fold=2)
+    assert len(list(predictions.glob("*.nii.gz"))) == len(list((raw / "imagesTs").glob("*.nii.gz")))

@@ -30,11 +30,20 @@ def _preprocessed_folder(plans: dict) -> Path:
 
 
 def validated_cases(teacher: Teacher, file_ending: str) -> set[str]:
-    """The cases in the teacher's ``fold_X/validation`` folder (its validation set; empty if not validated)."""
-    folder = teacher.spec.fold_folder / "validation"
-    if not folder.is_dir():
+    """The cases nnU-Net validated the teacher on after its final checkpoint (empty if unknown).
+
+    nnU-Net writes ``fold_X/validation`` after ``checkpoint_final.pth`` and never empties it, so older files are
+    left over from an earlier training in the same folder and are not counted.
+    """
+    folder, final = teacher.spec.fold_folder / "validation", teacher.spec.fold_folder / "checkpoint_final.pth"
+    if not folder.is_dir() or not final.is_file():
         return set()
-    return {p.name[: -len(file_ending)] for p in folder.iterdir() if p.name.endswith(file_ending)}
+    since = final.stat().st_mtime - 1.0
+    return {
+        p.name[: -len(file_ending)]
+        for p in folder.iterdir()
+        if p.name.endswith(file_ending) and p.stat().st_mtime >= since
+    }
 
 
 def check_teachers_do_not_leak(teachers: list[Teacher], plans: dict, dataset_json: dict, student_fold) -> None:
