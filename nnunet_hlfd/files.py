@@ -12,9 +12,12 @@ from pathlib import Path
 
 @contextmanager
 def replaced_atomically(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed onto ``path`` only if the block succeeds."""
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` only if the block succeeds.
+
+    The temporary name keeps the file's extension (writers such as SimpleITK choose the format by it).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = path.with_name(f".partial.{path.name}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -1,5 +1,7 @@
-"""Every KD baseline and HLFD ablation trainer through nnU-Net's own CLI on the shared tiny 3D dataset:
+"""Every KD baseline, HLFD ablation and extension trainer through nnU-Net's own CLI on the shared tiny 3D dataset:
 train until an interruption after epoch 1, resume with ``--c`` to the end, predict with ``nnUNetv2_predict``.
+A trainer that only changes its parent's options (same method, same data) is trained once, without the
+interruption and prediction its parent already goes through.
 
 The chains run two at a time (nnU-Net's start-up dominates on 2 cores); each trainer's outcome is then
 checked on its own.
@@ -16,6 +18,7 @@ import torch
 from conftest import DATASET, TEACHER, model_folder, predict, train
 
 from nnunet_hlfd.splits import TRAINING_CASES_FILE
+from nnunet_hlfd.trainers.distillation import nnUNetTrainerDistillation
 from nnunet_hlfd.trainers.multi_teacher import TEACHERS_ENV
 from nnunet_hlfd.trainers.schedules import DEBUG_TRAINERS, INTERRUPTED_EXIT_CODE, STOP_AFTER_EPOCH_ENV
 
@@ -41,8 +44,22 @@ def environment(env: dict, trainer: str) -> dict:
     return env
 
 
+def option_variant(name: str) -> bool:
+    """Whether this debug trainer's trainer only changes the options of a parent with the same method and data."""
+    trainer = DEBUG_TRAINERS[name].__bases__[1]
+    parent = trainer.__bases__[0]
+    return (
+        parent is not nnUNetTrainerDistillation
+        and parent.method_class is trainer.method_class
+        and parent.training_fraction == trainer.training_fraction
+    )
+
+
 def train_interrupt_resume_predict(env: dict, trainer: str, out: Path) -> str:
     """Runs the chain; returns '' or what went wrong (so that one trainer's failure does not hide another's)."""
+    if option_variant(trainer):
+        trained = train(env, trainer, check=False)
+        return "" if trained.returncode == 0 else f"training ended with {trained.returncode}:\n{trained.stderr[-2000:]}"
     interrupted = train(dict(env, **{STOP_AFTER_EPOCH_ENV: "1"}), trainer, check=False)
     if interrupted.returncode != INTERRUPTED_EXIT_CODE:
         return f"first run ended with {interrupted.returncode}:\n{interrupted.stderr[-2000:]}"
@@ -79,7 +96,7 @@ def test_trainer_trains_resumes_and_predicts(pipeline, chains, trainer):
     assert bool(saved["adapters"]) == (trainer in WITH_ADAPTERS)
     log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "trainable adapter parameters:" in log
-    assert f"{STOP_AFTER_EPOCH_ENV}=1: stopping" in log
+    assert (f"{STOP_AFTER_EPOCH_ENV}=1: stopping" in log) != option_variant(trainer)
     cases = fold / TRAINING_CASES_FILE
     assert cases.is_file() == trainer.startswith("nnUNetTrainerHLFD_f050")
     if cases.is_file():  # half of the fold's training cases, the same ones after the resume
@@ -90,6 +107,8 @@ def test_trainer_trains_resumes_and_predicts(pipeline, chains, trainer):
         assert log.count(f"training on {len(record['training_cases'])} of the fold's") >= 2
         plans = json.loads((fold.parent / "plans.json").read_text())["configurations"]["3d_fullres"]["hlfd"]
         assert plans["training_fraction"] == 0.5
+    if option_variant(trainer):
+        return
     predictions = sorted((out / trainer).glob("*.nii.gz"))
     assert len(predictions) == 2
     assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(predictions[0]))))) <= {0, 1, 2}

@@ -258,7 +258,7 @@ def test_evaluate_refuses_mismatched_folders_before_writing(tmp_path, break_it, 
     with pytest.raises(EvaluationError, match=re.escape(message)):
         evaluate_folder(pred, ref, tmp_path / "dataset.json", progress=False)
     assert not (pred / PER_CASE_FILE).exists() and not (pred / SUMMARY_FILE).exists()
-    assert not list(pred.glob(".*partial"))
+    assert not list(pred.glob(".partial.*"))
 
 
 def test_chill_evaluates_only_the_predicted_cases(tmp_path):

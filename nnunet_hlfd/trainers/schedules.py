@@ -1,21 +1,26 @@
-"""Short schedules for tests and the demo: few epochs and iterations, no mirroring (8x faster validation).
+"""Short schedules for tests and the demo (few epochs and iterations, no mirroring: 8x faster validation), and
+the benchmark schedule, read from the plans so that the teacher and every compared trainer share it.
 
 Each class is a stock trainer with one schedule mixed in; the student trainers point at the teacher trained
 with the same schedule.
 """
 
 import os
+import time
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_hlfd.errors import OptionError
 from nnunet_hlfd.trainers import baselines, contrastive, hlfd, multi_teacher
 from nnunet_hlfd.trainers.distillation import nnUNetTrainerDistillation
 from nnunet_hlfd.trainers.hlfd import nnUNetTrainerHLFD
 from nnunet_hlfd.trainers.student import nnUNetTrainerStudent
 
-# Debug schedules only: exit right after this epoch's checkpoint, as an interrupted run would (resume tests).
+# Short and benchmark schedules only: exit right after this epoch's checkpoint, as an interrupted run would (resume
+# tests), or after the first epoch that ends past this Unix time (the benchmark harness's pieces).
 STOP_AFTER_EPOCH_ENV = "nnUNet_hlfd_stop_after_epoch"
+STOP_AFTER_TIME_ENV = "nnUNet_hlfd_stop_after_time"
 INTERRUPTED_EXIT_CODE = 75
 
 
@@ -23,6 +28,7 @@ class _ShortSchedule:
     epochs = 2
     iterations = 3
     val_iterations = 2
+    mirroring = False
 
     def __init__(
         self,
@@ -40,13 +46,24 @@ class _ShortSchedule:
 
     def on_epoch_end(self) -> None:
         super().on_epoch_end()
-        stop = os.environ.get(STOP_AFTER_EPOCH_ENV)
-        if stop is not None and self.current_epoch == int(stop) < self.num_epochs:
+        if self.current_epoch >= self.num_epochs:
+            return
+        stop, deadline = os.environ.get(STOP_AFTER_EPOCH_ENV), os.environ.get(STOP_AFTER_TIME_ENV)
+        if stop is not None and self.current_epoch == int(stop):
             self.print_to_log_file(f"{STOP_AFTER_EPOCH_ENV}={stop}: stopping as an interrupted run would")
+            raise SystemExit(INTERRUPTED_EXIT_CODE)
+        if deadline is not None and time.time() > float(deadline):
+            self.print_to_log_file(
+                f"{STOP_AFTER_TIME_ENV}: past the deadline, stopping after epoch {self.current_epoch}"
+            )
             raise SystemExit(INTERRUPTED_EXIT_CODE)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = (
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        )
+        if self.mirroring:
+            return rotation, dummy_2d, initial_patch_size, mirror_axes
         self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, None
 
@@ -64,6 +81,35 @@ class _Demo(_ShortSchedule):
     iterations = 12
     val_iterations = 4
     teacher_trainer = "nnUNetTrainerHLFDTeacher_demo"
+
+
+SCHEDULE_KEY = "hlfd_schedule"
+
+
+class _PlannedSchedule(_ShortSchedule):
+    """The schedule in the plans configuration's ``"hlfd_schedule"`` block (``epochs``, ``iterations``,
+    ``val_iterations``, ``mirroring``), written there by the benchmark harness: one schedule for the teacher and
+    every compared trainer, fixed before any of them trains."""
+
+    teacher_trainer = "nnUNetTrainerHLFDTeacher_bench"
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
+        schedule = plans["configurations"][configuration].get(SCHEDULE_KEY)
+        if schedule is None:
+            raise OptionError(
+                f'The plans configuration {configuration} has no "{SCHEDULE_KEY}" block: the *_bench trainers follow '
+                "the schedule the benchmark harness writes there (benchmarks/kits_benchmark.py)."
+            )
+        self.epochs, self.iterations = schedule["epochs"], schedule["iterations"]
+        self.val_iterations, self.mirroring = schedule["val_iterations"], schedule["mirroring"]
+        super().__init__(plans, configuration, fold, dataset_json, device)
 
 
 class nnUNetTrainerHLFDTeacher_debug(_Debug, nnUNetTrainer):
@@ -84,13 +130,30 @@ def _distillation_trainers() -> list[type]:
     return [cls for cls in found if not cls.__name__.endswith("_w025")]  # width variants need no own debug
 
 
-def _debug_variant(trainer: type) -> type:
-    return type(f"{trainer.__name__}_debug", (_Debug, trainer), {"__module__": __name__, "__doc__": trainer.__doc__})
+def _with_schedule(trainer: type, schedule: type, suffix: str) -> type:
+    return type(
+        f"{trainer.__name__}_{suffix}", (schedule, trainer), {"__module__": __name__, "__doc__": trainer.__doc__}
+    )
 
 
 # nnUNetTrainerHLFD_debug, nnUNetTrainerLogitKD_debug, ...: every distillation trainer with the debug schedule
-DEBUG_TRAINERS = {cls.__name__: cls for cls in map(_debug_variant, _distillation_trainers())}
+DEBUG_TRAINERS = {cls.__name__: cls for cls in (_with_schedule(t, _Debug, "debug") for t in _distillation_trainers())}
 globals().update(DEBUG_TRAINERS)
+
+
+class nnUNetTrainerHLFDTeacher_bench(_PlannedSchedule, nnUNetTrainer):
+    pass
+
+
+class nnUNetTrainerStudent_bench(_PlannedSchedule, nnUNetTrainerStudent):
+    pass
+
+
+# ... and with the benchmark's planned schedule: nnUNetTrainerHLFD_bench, ...
+BENCHMARK_TRAINERS = {
+    cls.__name__: cls for cls in (_with_schedule(t, _PlannedSchedule, "bench") for t in _distillation_trainers())
+}
+globals().update(BENCHMARK_TRAINERS)
 
 
 class nnUNetTrainerHLFDTeacher_demo(_Demo, nnUNetTrainer):

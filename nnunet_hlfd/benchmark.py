@@ -1,0 +1,495 @@
+"""The KiTS benchmark harness: from a folder of KiTS label maps to a report comparing KD methods.
+
+Steps (each skipped when its result is already there, so an interrupted run continues where it stopped):
+
+1. CT phantoms from the label maps (:mod:`nnunet_hlfd.phantom`), in the KiTS layout;
+2. the KiTS converter turns them into an nnU-Net raw dataset;
+3. ``nnUNetv2_plan_and_preprocess``; the profile's plan changes (CPU: narrower, smaller batches) and the schedule
+   are written into the plans once, before anything trains, so every row shares them;
+4. one split for all rows: a seeded held-out test set, and k-fold cross-validation on the rest (the folds are the
+   repeats); for multi-teacher KD, two limit-trained teachers per fold on disjoint halves of its training cases;
+5. training with ``nnUNetv2_train`` (``--c`` after an interruption): the teacher, then every row, fold by fold;
+6. ``nnUNetv2_predict`` of the test set, ``evaluate``, ``compare`` (mean ± std over folds, paired Wilcoxon against
+   the student alone, gap recovered), ``efficiency``, the step-overhead benchmark and a qualitative figure;
+7. a markdown report.
+
+A time limit splits the run into pieces: no job starts when it would not finish in time, and a training past the
+deadline stops after its current epoch (checkpointed), to be resumed by the next piece.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_hlfd.files import write_text
+from nnunet_hlfd.phantom import PhantomSettings, plot_phantom_samples, write_phantoms
+from nnunet_hlfd.trainers.multi_teacher import TEACHERS_ENV
+from nnunet_hlfd.trainers.schedules import INTERRUPTED_EXIT_CODE, SCHEDULE_KEY, STOP_AFTER_TIME_ENV
+
+# The compared rows: name -> trainer with the benchmark's planned schedule. "teacher" and "student" are the
+# references of the comparison (gap recovered = (row − student) / (teacher − student)).
+ROWS = {
+    "teacher": "nnUNetTrainerHLFDTeacher_bench",
+    "student": "nnUNetTrainerStudent_bench",
+    "hlfd": "nnUNetTrainerHLFD_bench",
+    "logit_kd": "nnUNetTrainerLogitKD_bench",
+    "at": "nnUNetTrainerAT_bench",
+    "cwd": "nnUNetTrainerCWD_bench",
+    "skd": "nnUNetTrainerSKD_bench",
+    "hlfd_attention_only": "nnUNetTrainerHLFD_attention_only_bench",
+    "hlfd_without_feedback": "nnUNetTrainerHLFD_without_feedback_bench",
+    "hlfd_layerwise": "nnUNetTrainerHLFD_layerwise_bench",
+    "hlfd_individual_feedback": "nnUNetTrainerHLFD_individual_feedback_bench",
+    "hlfd_concatenated_feedback": "nnUNetTrainerHLFD_concatenated_feedback_bench",
+    "multi_teacher": "nnUNetTrainerMultiTeacher_bench",
+    "contrastive": "nnUNetTrainerMultiScaleContrastive_bench",
+}
+REFERENCE_ROWS = ("teacher", "student")
+TEACHER_TRAINER = ROWS["teacher"]
+HALF_TEACHERS = 2  # limit-trained teachers per fold for the multi-teacher row
+
+
+@dataclass(frozen=True)
+class Schedule:
+    epochs: int
+    iterations: int
+    val_iterations: int
+    mirroring: bool
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    configuration: str
+    device: str
+    phantom: PhantomSettings
+    schedule: Schedule
+    dataset_id: int
+    folds: tuple[int, ...] = (0, 1, 2)
+    rows: tuple[str, ...] = tuple(ROWS)
+    test_fraction: float = 0.25
+    max_cases: int | None = None
+    # plan changes for small machines; empty: nnU-Net's plans as planned
+    base_features: int | None = None
+    max_features: int | None = None
+    batch_size: int | None = None
+    data_augmentation_workers: int = 2
+    export_processes: int = 1
+    step_overhead_iterations: int = 10
+    plan: dict = field(default_factory=dict)
+
+
+PROFILES = {
+    # the paper's 2D setting, sized for 2 CPU cores within 3 hours
+    "cpu": Profile(
+        "cpu", "2d", "cpu", PhantomSettings(in_plane_mm=2.0, slice_mm=4.0), Schedule(20, 25, 5, False), 501,
+        rows=("teacher", "student", "hlfd", "logit_kd", "at", "cwd", "skd", "hlfd_without_feedback", "multi_teacher",
+              "contrastive"),
+        base_features=16, max_features=256, batch_size=16,
+    ),
+    # nnU-Net's default 3d_fullres plans on one H100-class GPU, in pieces of at most 25 minutes
+    "gpu": Profile(
+        "gpu", "3d_fullres", "cuda", PhantomSettings(in_plane_mm=1.0, slice_mm=2.0), Schedule(100, 100, 20, True),
+        502, data_augmentation_workers=12, export_processes=4, step_overhead_iterations=50,
+    ),
+    # seconds per step: checks that the harness runs end to end (tests)
+    "smoke": Profile(
+        "smoke", "2d", "cpu", PhantomSettings(in_plane_mm=6.0, slice_mm=10.0, margin_mm=15.0), Schedule(1, 2, 1, False),
+        503, folds=(0,), rows=("teacher", "student", "multi_teacher"), test_fraction=0.2, max_cases=5,
+        base_features=4, max_features=16, batch_size=2, data_augmentation_workers=0, step_overhead_iterations=1,
+    ),
+}  # fmt: skip
+
+
+class BenchmarkError(RuntimeError):
+    pass
+
+
+# ---- splits -------------------------------------------------------------------------------------------------
+def benchmark_splits(cases: list[str], folds: int, test_fraction: float, seed: int = 0) -> dict:
+    """A seeded test set, ``folds``-fold cross-validation on the rest, and per fold two limit-trained teacher folds
+    (disjoint halves of its training cases, the fold's validation cases) appended after the CV folds."""
+    rng = np.random.RandomState(seed)
+    ordered = sorted(cases)
+    shuffled = [ordered[i] for i in rng.permutation(len(ordered))]
+    n_test = max(1, int(round(test_fraction * len(ordered))))
+    test, development = sorted(shuffled[:n_test]), shuffled[n_test:]
+    if len(development) < max(2, folds):
+        raise BenchmarkError(f"{len(ordered)} cases leave {len(development)} for {folds}-fold cross-validation")
+    chunks = [sorted(c.tolist()) for c in np.array_split(development, max(folds, 2))]
+    cv = [{"train": sorted(set(development) - set(chunk)), "val": chunk} for chunk in chunks[:folds]]
+    limit_trained = []
+    for fold in cv:
+        halves = np.array_split([fold["train"][i] for i in rng.permutation(len(fold["train"]))], HALF_TEACHERS)
+        limit_trained += [{"train": sorted(h.tolist()), "val": fold["val"]} for h in halves]
+    if any(not fold["train"] for fold in limit_trained):
+        raise BenchmarkError(f"{len(development)} development cases are too few for {HALF_TEACHERS} teachers per fold")
+    return {"test": test, "folds": cv + limit_trained}
+
+
+def half_teacher_folds(fold: int, folds: int) -> list[int]:
+    return [folds + HALF_TEACHERS * fold + k for k in range(HALF_TEACHERS)]
+
+
+# ---- jobs ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    kind: str  # train | predict
+    row: str
+    trainer: str
+    fold: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} {self.row} fold {self.fold}"
+
+
+def planned_jobs(profile: Profile) -> list[Job]:
+    """Training jobs (teachers first, then fold by fold every row), then the test-set predictions."""
+    rows = [r for r in profile.rows if r != "teacher"]
+    jobs = [Job("train", "teacher", TEACHER_TRAINER, f) for f in profile.folds]
+    if "multi_teacher" in rows:
+        n = len(profile.folds)
+        jobs += [
+            Job("train", "limit-trained teacher", TEACHER_TRAINER, t)
+            for f in profile.folds
+            for t in half_teacher_folds(f, n)
+        ]
+    jobs += [Job("train", row, ROWS[row], f) for f in profile.folds for row in rows]
+    jobs += [Job("predict", row, ROWS[row], f) for f in profile.folds for row in profile.rows]
+    return jobs
+
+
+class Harness:
+    def __init__(self, profile: Profile, labels: Path, work: Path, time_limit_min: float | None = None):
+        self.profile, self.labels, self.work = profile, Path(labels), Path(work).resolve()
+        self.started = time.time()
+        self.deadline = self.started + 60 * time_limit_min if time_limit_min is not None else None
+        from nnunet_hlfd.demo.pipeline import nnunet_environment
+
+        self.env = nnunet_environment(self.work)
+        self.env.update(
+            nnUNet_n_proc_DA=str(profile.data_augmentation_workers),
+            nnUNet_def_n_proc=str(profile.export_processes),  # nnU-Net's default of 8 spawned workers: slow on 2 cores
+        )
+        self.durations_file = self.work / "durations.json"
+        self.durations = json.loads(self.durations_file.read_text()) if self.durations_file.is_file() else {}
+
+    # -- helpers
+    @property
+    def dataset(self) -> str:
+        return f"Dataset{self.profile.dataset_id:03d}_KiTSPhantom{self.profile.name.capitalize()}"
+
+    def log(self, message: str) -> None:
+        print(f"[{(time.time() - self.started) / 60:6.1f} min] {message}", flush=True)
+
+    def run(self, args: list[str], log_name: str, env: dict | None = None, check: bool = True) -> int:
+        log_file = self.work / "logs" / f"{log_name}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a") as log:
+            log.write(f"$ {' '.join(args)}\n")
+            log.flush()
+            code = subprocess.run(args, env=env or self.env, stdout=log, stderr=subprocess.STDOUT).returncode
+        if check and code != 0:
+            raise BenchmarkError(f"{' '.join(args[:3])} ... failed ({code}); see {log_file}")
+        return code
+
+    def model_folder(self, trainer: str) -> Path:
+        plans = "nnUNetPlans"
+        return self.work / "nnUNet_results" / self.dataset / f"{trainer}__{plans}__{self.profile.configuration}"
+
+    def predictions(self, row: str, fold: int) -> Path:
+        return self.work / "predictions" / row / f"fold_{fold}"
+
+    def time_left(self, needed_s: float) -> bool:
+        return self.deadline is None or time.time() + needed_s < self.deadline
+
+    # -- steps
+    def prepare(self) -> None:
+        profile = self.profile
+        phantoms = self.work / "phantoms"
+        self.log(f"phantoms from {self.labels} -> {phantoms}")
+        cases = write_phantoms(self.labels, phantoms, profile.phantom, profile.max_cases, progress=False)
+        raw = self.work / "nnUNet_raw" / self.dataset
+        if not (raw / "dataset.json").is_file():
+            from nnunet_hlfd.conversion.kits import KITS19, KITS23, convert_kits
+
+            has_cysts = (phantoms / "kits23.json").is_file()  # KiTS23 labels (with cysts) travel with their metadata
+            self.log(f"converting {len(cases)} phantoms with the {'KiTS23' if has_cysts else 'KiTS19'} converter")
+            (self.work / "nnUNet_raw").mkdir(exist_ok=True)
+            convert_kits(
+                KITS23 if has_cysts else KITS19, phantoms, "organ_tumor", profile.dataset_id,
+                self.dataset.split("_", 1)[1], output_root=self.work / "nnUNet_raw",
+            )  # fmt: skip
+        converted = json.loads((raw / "dataset.json").read_text())["numTraining"]
+        if converted != len(cases):
+            raise BenchmarkError(f"{raw} holds {converted} cases, the profile {len(cases)}: use a new --work folder")
+        preprocessed = self.work / "nnUNet_preprocessed" / self.dataset
+        done = preprocessed / "hlfd_benchmark_preprocessed.json"
+        if not done.is_file():
+            self.log(f"nnUNetv2_plan_and_preprocess -c {profile.configuration}")
+            self.run(
+                ["nnUNetv2_plan_and_preprocess", "-d", str(profile.dataset_id), "-c", profile.configuration,
+                 "-np", "2", "-npfp", "2"], "plan_and_preprocess",
+                dict(self.env, nnUNet_n_proc_DA="1"),  # the planner sets torch's threads to it: 0 fails
+            )  # fmt: skip
+            write_text(done, json.dumps({"configuration": profile.configuration}))
+        self.fix_plans(preprocessed / "nnUNetPlans.json")
+        self.write_splits(preprocessed, cases)
+
+    def fix_plans(self, plans_file: Path) -> None:
+        """The profile's plan changes and schedule, written once; refused if they changed since."""
+        profile, plans = self.profile, json.loads(plans_file.read_text())
+        configuration = plans["configurations"][profile.configuration]
+        wanted = asdict(profile.schedule)
+        if SCHEDULE_KEY in configuration:
+            if configuration[SCHEDULE_KEY] != wanted:
+                raise BenchmarkError(
+                    f"{plans_file} holds the schedule {configuration[SCHEDULE_KEY]}, the profile now asks for "
+                    f"{wanted}: models already trained used the old one. Use a new --work folder."
+                )
+            return
+        kwargs = configuration["architecture"]["arch_kwargs"]
+        if profile.base_features:
+            n = kwargs["n_stages"]
+            kwargs["features_per_stage"] = [min(profile.base_features * 2**i, profile.max_features) for i in range(n)]
+        if profile.batch_size:
+            configuration["batch_size"] = profile.batch_size
+        configuration[SCHEDULE_KEY] = wanted
+        write_text(plans_file, json.dumps(plans, indent=2))
+
+    def write_splits(self, preprocessed: Path, cases: list[str]) -> None:
+        splits = benchmark_splits(cases, len(self.profile.folds), self.profile.test_fraction)
+        target, test_file = preprocessed / "splits_final.json", self.work / "test_cases.json"
+        if target.is_file():
+            if json.loads(target.read_text()) != splits["folds"]:
+                raise BenchmarkError(f"{target} differs from the benchmark's split: use a new --work folder")
+        else:
+            write_text(target, json.dumps(splits["folds"], indent=2))
+        write_text(test_file, json.dumps(splits["test"], indent=2))
+        raw = self.work / "nnUNet_raw" / self.dataset
+        for case in splits["test"]:  # the test set as nnUNetv2_predict and evaluate read it
+            for source, folder in ((raw / "imagesTr" / f"{case}_0000.nii.gz", "images"),
+                                   (raw / "labelsTr" / f"{case}.nii.gz", "labels")):  # fmt: skip
+                destination = self.work / "test" / folder / source.name
+                if not destination.is_file():
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source, destination)
+
+    def train(self, job: Job) -> bool:
+        """Train (or resume) one model; False when it stopped at the deadline."""
+        fold_folder = self.model_folder(job.trainer) / f"fold_{job.fold}"
+        if (fold_folder / "checkpoint_final.pth").is_file():
+            return True
+        env = dict(self.env)
+        if self.deadline is not None:
+            env[STOP_AFTER_TIME_ENV] = str(self.deadline - self.durations.get("epoch", 0.0))
+        if job.row == "multi_teacher":
+            teachers = [
+                self.model_folder(TEACHER_TRAINER) / f"fold_{t}"
+                for t in half_teacher_folds(job.fold, len(self.profile.folds))
+            ]
+            env[TEACHERS_ENV] = os.pathsep.join(map(str, teachers))
+        args = ["nnUNetv2_train", str(self.profile.dataset_id), self.profile.configuration, str(job.fold), "-tr",
+                job.trainer, "-device", self.profile.device]  # fmt: skip
+        if (fold_folder / "checkpoint_latest.pth").is_file():
+            args.append("--c")
+        code = self.run(args, f"train_{job.trainer}_fold{job.fold}", env, check=False)
+        if code == INTERRUPTED_EXIT_CODE:
+            return False
+        if code != 0:
+            raise BenchmarkError(f"{job.name} failed ({code}); see {self.work / 'logs'}")
+        return True
+
+    def predict(self, job: Job) -> None:
+        output = self.predictions(job.row, job.fold)
+        if (output / "metrics_summary.json").is_file():
+            return
+        args = ["nnUNetv2_predict", "-i", str(self.work / "test" / "images"), "-o", str(output), "-d",
+                str(self.profile.dataset_id), "-c", self.profile.configuration, "-f", str(job.fold), "-tr", job.trainer,
+                "-device", self.profile.device, "--continue_prediction"]  # fmt: skip
+        if not self.profile.schedule.mirroring:
+            args.append("--disable_tta")
+        if self.profile.device == "cpu":
+            args += ["-npp", "1", "-nps", "1"]
+        self.run(args, f"predict_{job.row}_fold{job.fold}")
+        from nnunet_hlfd.evaluation.evaluate import evaluate_folder
+
+        evaluate_folder(output, self.work / "test" / "labels", progress=False)
+
+    def run_jobs(self) -> bool:
+        """Every pending job; False if the time limit stopped the run before the end."""
+        jobs = planned_jobs(self.profile)
+        for i, job in enumerate(jobs, 1):
+            finished = (
+                (self.model_folder(job.trainer) / f"fold_{job.fold}" / "checkpoint_final.pth").is_file()
+                if job.kind == "train"
+                else (self.predictions(job.row, job.fold) / "metrics_summary.json").is_file()
+            )
+            if finished:
+                continue
+            estimate = self.durations.get(job.kind, 0.0)
+            if not self.time_left(estimate):
+                self.log(f"time limit: {job.name} (about {estimate / 60:.0f} min) would not finish; stopping here")
+                return False
+            self.log(f"[{i}/{len(jobs)}] {job.name} ({job.trainer})")
+            start = time.time()
+            if job.kind == "train":
+                if not self.train(job):
+                    self.log("time limit reached during training; the next run resumes it with --c")
+                    return False
+                self._record_duration(job.kind, time.time() - start)
+                self._record_epoch(job)
+            else:
+                self.predict(job)
+                self._record_duration(job.kind, time.time() - start)
+        return True
+
+    def _record_duration(self, kind: str, seconds: float) -> None:
+        self.durations[kind] = max(self.durations.get(kind, 0.0), seconds)
+        write_text(self.durations_file, json.dumps(self.durations, indent=2))
+
+    def _record_epoch(self, job: Job) -> None:
+        import torch
+
+        checkpoint = self.model_folder(job.trainer) / f"fold_{job.fold}" / "checkpoint_final.pth"
+        timestamps = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+        epochs = [e - s for s, e in zip(timestamps["epoch_start_timestamps"], timestamps["epoch_end_timestamps"])]
+        if epochs:
+            self._record_duration("epoch", float(max(epochs)))
+
+    # -- report
+    def report(self, output: Path | None = None) -> Path:
+        from nnunet_hlfd.evaluation.compare import compare_runs, format_markdown, load_run, write_comparison
+        from nnunet_hlfd.evaluation.efficiency import format_markdown as efficiency_markdown
+        from nnunet_hlfd.evaluation.efficiency import hardware, measure_efficiency
+        from nnunet_hlfd.evaluation.figures import plot_case_contours
+
+        profile, folder = self.profile, self.work / "report"
+        folder.mkdir(parents=True, exist_ok=True)
+        runs = [load_run(row, [self.predictions(row, f) for f in profile.folds]) for row in profile.rows]
+        rows = compare_runs(runs, "student", "teacher")
+        comparison = format_markdown(rows, "student", "teacher", runs[0].tolerance_mm)
+        write_comparison(rows, comparison, folder)
+
+        self.log("efficiency of the teacher and the student")
+        models = {"teacher": self.model_folder(TEACHER_TRAINER), "student": self.model_folder(ROWS["student"])}
+        devices = [profile.device]
+        measured = measure_efficiency(models, devices, profile.folds[0], images=self.work / "test" / "images",
+                                      num_cases=2, progress=False)  # fmt: skip
+        efficiency = efficiency_markdown(measured, 3, hardware(devices))
+
+        self.log("step-overhead benchmark")
+        script = Path(__file__).resolve().parents[1] / "benchmarks" / "step_overhead.py"
+        step_overhead = "(benchmarks/step_overhead.py not found beside the package: not measured)"
+        if script.is_file():
+            plan = "2d" if profile.configuration == "2d" else "3d"
+            result = subprocess.run(
+                [sys.executable, str(script), "--device", profile.device, "--plans", plan, "--iterations",
+                 str(profile.step_overhead_iterations), "--warmup", "1"], capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            step_overhead = result.stdout.strip()
+
+        test_cases = json.loads((self.work / "test_cases.json").read_text())
+        plot_phantom_samples(self.work / "phantoms", test_cases[:4], folder / "phantom_samples.png")
+        shown = [r for r in ("teacher", "student", "hlfd") if r in profile.rows]
+        figures = plot_case_contours(
+            self.work / "test" / "images", self.work / "test" / "labels",
+            {r: self.predictions(r, profile.folds[0]) for r in shown}, folder / "cases", cases=test_cases[:1],
+        )  # fmt: skip
+        markdown = self._markdown(comparison, efficiency, step_overhead, [folder / "phantom_samples.png", *figures])
+        target = Path(output) if output else folder / "benchmark_report.md"
+        write_text(target, markdown)
+        return target
+
+    def _markdown(self, comparison: str, efficiency: str, step_overhead: str, figures: list[Path]) -> str:
+        import torch
+
+        profile = self.profile
+        splits = json.loads((self.work / "nnUNet_preprocessed" / self.dataset / "splits_final.json").read_text())
+        test = json.loads((self.work / "test_cases.json").read_text())
+        development = len(splits[0]["train"]) + len(splits[0]["val"])
+        versions = ", ".join(f"{p} {_version(p)}" for p in ("nnunet_hlfd", "nnunetv2", "torch", "monai"))
+        versions += f", Python {platform.python_version()}"
+        lines = [
+            f"# KiTS phantom benchmark, profile `{profile.name}`",
+            "",
+            f"Command: `python benchmarks/kits_benchmark.py {self.labels} --profile {profile.name} --work {self.work}`",
+            "",
+            f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+            + (f", {torch.cuda.get_device_name()}" if profile.device == "cuda" and torch.cuda.is_available() else "")
+            + f". Versions: {versions}.",
+            "",
+            f"Data: {len(test) + development} phantoms from the real label maps in `{self.labels}` "
+            f"({asdict(profile.phantom)}); {len(test)} held-out test cases; {len(profile.folds)}-fold "
+            f"cross-validation on the other {development} (the folds are the repeats: mean ± std over folds). "
+            f"Configuration `{profile.configuration}`; plan changes: {self._plan_changes()}; schedule "
+            f"{asdict(profile.schedule)} for the teacher and every row. Multi-teacher KD: {HALF_TEACHERS} "
+            "limit-trained teachers per fold, each on a disjoint half of the fold's training cases.",
+            "",
+            "## Test-set comparison",
+            "",
+            comparison,
+            "",
+            "## Efficiency (teacher and student, test cases)",
+            "",
+            efficiency,
+            "",
+            "## Step overhead",
+            "",
+            step_overhead,
+            "",
+            "## Figures",
+            "",
+            *[f"![{p.stem}]({p.relative_to(self.work / 'report')})" for p in figures],
+            "",
+        ]
+        return "\n".join(lines)
+
+    def _plan_changes(self) -> str:
+        p = self.profile
+        if not p.base_features and not p.batch_size:
+            return "none (nnU-Net's plans)"
+        return f"features per stage min({p.base_features}·2^i, {p.max_features}), batch size {p.batch_size}"
+
+    def __call__(self, report: Path | None = None) -> Path | None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        write_text(
+            self.work / "profile.json",
+            json.dumps({**asdict(self.profile), "labels": str(self.labels)}, indent=2, default=str),
+        )
+        self.prepare()
+        if not self.run_jobs():
+            return None
+        self.log("report")
+        target = self.report(report)
+        self.log(f"done: {target}")
+        return target
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
+
+
+def with_rows(profile: Profile, rows: list[str] | None) -> Profile:
+    if not rows:
+        return profile
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        raise BenchmarkError(f"unknown rows {unknown}; choose from {sorted(ROWS)}")
+    return replace(profile, rows=tuple(dict.fromkeys([*REFERENCE_ROWS, *rows])))
