@@ -149,6 +149,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data (real KiTS label maps), or skip the test with the reason."""
+    folder = SHARED_DATA / name
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent: the real KiTS label maps live in ../shared/data beside the repository")
+    return folder
+
+
 def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command (nnU-Net's CLI); on failure show the end of its output."""
     result = subprocess.run(args, env=env, capture_output=True, text=True)

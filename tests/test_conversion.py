@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import shared_data
 
 from nnunet_hlfd.conversion import CONVERTERS, ConversionError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # A tilted grid, so that any silent reorientation or header rewrite shows up.
 DIRECTION = tuple(np.array([[0, 0, 1], [0, 1, 0], [-1, 0, 0]], dtype=float).ravel())
 
@@ -74,9 +74,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 
 def real_kits_layout(tmp_path: Path, challenge: str, cases: list[str], subfolder: str, test_cases=()) -> Path:
-    source = SHARED_DATA / challenge
-    if not source.is_dir():
-        pytest.skip(f"{source} is absent: the real KiTS label maps live in ../shared/data beside the repository")
+    source = shared_data(challenge)
     root = tmp_path / challenge
     for case in list(cases) + list(test_cases):
         folder = root / subfolder / case
