@@ -339,9 +339,12 @@ class Harness:
             )
             if finished:
                 continue
-            estimate = self.durations.get(job.kind, 0.0)
+            # a training stops at the deadline after its current epoch: it needs room for one epoch (and start-up)
+            estimate = (
+                2 * self.durations.get("epoch", 0.0) if job.kind == "train" else self.durations.get(job.kind, 0.0)
+            )
             if not self.time_left(estimate):
-                self.log(f"time limit: {job.name} (about {estimate / 60:.0f} min) would not finish; stopping here")
+                self.log(f"time limit: no room for {job.name} (about {estimate / 60:.1f} min); stopping here")
                 return False
             self.log(f"[{i}/{len(jobs)}] {job.name} ({job.trainer})")
             start = time.time()

@@ -112,13 +112,8 @@ class nnUNetTrainerMultiTeacher(nnUNetTrainerDistillation):
                 f"Fold {fold} is not the student's fold in {roles_file}: train the student on fold "
                 f"{roles['student_fold']} (folds {roles['teacher_folds']} are its teachers)."
             )
-        source = f"teacher fold in {roles_file}"
-        return [
-            dataclasses.replace(
-                super(nnUNetTrainerMultiTeacher, self)._default_teachers(plans, configuration, f)[0], source=source
-            )
-            for f in roles["teacher_folds"]
-        ]
+        source, layout = f"teacher fold in {roles_file}", super()._default_teachers
+        return [dataclasses.replace(layout(plans, configuration, f)[0], source=source) for f in roles["teacher_folds"]]
 
     def _read_teachers(self, plans: dict, configuration: dict, dataset_json: dict, fold) -> list[Teacher]:
         teachers = [read_teacher(spec) for spec in self.teacher_specs]
