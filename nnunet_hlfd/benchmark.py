@@ -92,7 +92,7 @@ class Profile:
 PROFILES = {
     # the paper's 2D setting, sized for 2 CPU cores within 3 hours
     "cpu": Profile(
-        "cpu", "2d", "cpu", PhantomSettings(in_plane_mm=2.0, slice_mm=4.0), Schedule(12, 25, 5, False), 501,
+        "cpu", "2d", "cpu", PhantomSettings(in_plane_mm=3.0, slice_mm=4.0), Schedule(30, 25, 5, False), 501,
         rows=("teacher", "student", "hlfd", "logit_kd", "at", "cwd", "skd", "hlfd_attention_only",
               "hlfd_without_feedback", "hlfd_layerwise", "hlfd_individual_feedback", "hlfd_concatenated_feedback",
               "multi_teacher", "contrastive"),
