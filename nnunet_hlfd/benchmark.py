@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +86,6 @@ class Profile:
     data_augmentation_workers: int = 2
     export_processes: int = 1
     step_overhead_iterations: int = 10  # 0: not run
-    plan: dict = field(default_factory=dict)
 
 
 PROFILES = {
