@@ -286,11 +286,15 @@ class Harness:
                     destination.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(source, destination)
 
+    def result_file(self, job: Job) -> Path:
+        """What a finished job leaves: the final checkpoint, or the evaluation of the test-set predictions."""
+        if job.kind == "train":
+            return self.model_folder(job.trainer) / f"fold_{job.fold}" / "checkpoint_final.pth"
+        return self.predictions(job.row, job.fold) / "metrics_summary.json"
+
     def train(self, job: Job) -> bool:
         """Train (or resume) one model; False when it stopped at the deadline."""
-        fold_folder = self.model_folder(job.trainer) / f"fold_{job.fold}"
-        if (fold_folder / "checkpoint_final.pth").is_file():
-            return True
+        fold_folder = self.result_file(job).parent
         env = dict(self.env)
         if self.deadline is not None:
             env[STOP_AFTER_TIME_ENV] = str(self.deadline - self.durations.get("epoch", 0.0))
@@ -313,8 +317,6 @@ class Harness:
 
     def predict(self, job: Job) -> None:
         output = self.predictions(job.row, job.fold)
-        if (output / "metrics_summary.json").is_file():
-            return
         args = ["nnUNetv2_predict", "-i", str(self.work / "test" / "images"), "-o", str(output), "-d",
                 str(self.profile.dataset_id), "-c", self.profile.configuration, "-f", str(job.fold), "-tr", job.trainer,
                 "-device", self.profile.device, "--continue_prediction"]  # fmt: skip
@@ -331,12 +333,7 @@ class Harness:
         """Every pending job; False if the time limit stopped the run before the end."""
         jobs = planned_jobs(self.profile)
         for i, job in enumerate(jobs, 1):
-            finished = (
-                (self.model_folder(job.trainer) / f"fold_{job.fold}" / "checkpoint_final.pth").is_file()
-                if job.kind == "train"
-                else (self.predictions(job.row, job.fold) / "metrics_summary.json").is_file()
-            )
-            if finished:
+            if self.result_file(job).is_file():
                 continue
             # a training stops at the deadline after its current epoch: it needs room for one epoch (and start-up)
             estimate = (
@@ -365,8 +362,7 @@ class Harness:
     def _record_epoch(self, job: Job) -> None:
         import torch
 
-        checkpoint = self.model_folder(job.trainer) / f"fold_{job.fold}" / "checkpoint_final.pth"
-        timestamps = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+        timestamps = torch.load(self.result_file(job), map_location="cpu", weights_only=False)["logging"]
         epochs = [e - s for s, e in zip(timestamps["epoch_start_timestamps"], timestamps["epoch_end_timestamps"])]
         if epochs:
             self._record_duration("epoch", float(max(epochs)))
@@ -418,7 +414,7 @@ class Harness:
         return target
 
     def _markdown(self, comparison: str, efficiency: str, step_overhead: str, figures: list[Path]) -> str:
-        import torch
+        from nnunet_hlfd.evaluation.efficiency import hardware
 
         profile = self.profile
         splits = json.loads((self.work / "nnUNet_preprocessed" / self.dataset / "splits_final.json").read_text())
@@ -431,9 +427,7 @@ class Harness:
             "",
             f"Command: `python benchmarks/kits_benchmark.py {self.labels} --profile {profile.name} --work {self.work}`",
             "",
-            f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-            + (f", {torch.cuda.get_device_name()}" if profile.device == "cuda" and torch.cuda.is_available() else "")
-            + f". Versions: {versions}.",
+            f"Hardware: {hardware([profile.device])}. Versions: {versions}.",
             "",
             f"Data: {len(test) + development} phantoms from the real label maps in `{self.labels}` "
             f"({asdict(profile.phantom)}); {len(test)} held-out test cases; {len(profile.folds)}-fold "

@@ -271,9 +271,10 @@ def write_phantoms(
     return [case_id for case_id, _ in cases]
 
 
-def _radiological(section: np.ndarray, image: sitk.Image, slice_axis: int) -> np.ndarray:
-    """An axial section as radiologists view it: anterior at the top, the patient's right on the left."""
-    in_plane = [axis for i, axis in enumerate(patient_axes(image)) if i != slice_axis]
+def _radiological(section: np.ndarray, axes: list[tuple[int, float]], slice_axis: int) -> np.ndarray:
+    """An axial section (``axes``: :func:`patient_axes` of its volume) as radiologists view it: anterior at the
+    top, the patient's right on the left."""
+    in_plane = [axis for i, axis in enumerate(axes) if i != slice_axis]
     if in_plane[0][0] == 0:  # rows run left-right: put posterior down the rows instead
         section, in_plane = section.T, in_plane[::-1]
     if in_plane[0][1] < 0:
@@ -296,10 +297,11 @@ def plot_phantom_samples(folder: Path, case_ids: list[str], output_png: Path) ->
         label_image = sitk.ReadImage(str(Path(folder) / case_id / LABEL_FILE))
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(folder) / case_id / IMAGE_FILE)))
         label = sitk.GetArrayFromImage(label_image)
-        slice_axis = next(i for i, (physical, _) in enumerate(patient_axes(label_image)) if physical == 2)
+        axes = patient_axes(label_image)
+        slice_axis = next(i for i, (physical, _) in enumerate(axes) if physical == 2)
         area = np.moveaxis(label == 2 if (label == 2).any() else label > 0, slice_axis, 0).sum((1, 2))
         k = int(np.argmax(area))
-        img, lab = (_radiological(np.moveaxis(a, slice_axis, 0)[k], label_image, slice_axis) for a in (image, label))
+        img, lab = (_radiological(np.moveaxis(a, slice_axis, 0)[k], axes, slice_axis) for a in (image, label))
         ax.imshow(img, cmap="gray", vmin=-200, vmax=300)
         for value, colour in ((1, "lime"), (2, "red"), (3, "deepskyblue")):
             if (lab >= value).any() if value == 1 else (lab == value).any():

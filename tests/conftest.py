@@ -189,8 +189,10 @@ def assert_same_dice(nnunet_summary: dict, per_case_csv: Path) -> None:
     assert compared == len(ours) > 0
 
 
-def nnunet_train(env: dict, dataset_id: int, configuration: str, trainer: str, *extra: str, check: bool = True):
-    args = ["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", trainer, "-device", "cpu", *extra]
+def nnunet_train(
+    env: dict, dataset_id: int, configuration: str, trainer: str, *extra: str, check: bool = True, fold: int = 0
+):
+    args = ["nnUNetv2_train", str(dataset_id), configuration, str(fold), "-tr", trainer, "-device", "cpu", *extra]
     return run(args, env, check)
 
 

@@ -153,7 +153,7 @@ def test_multi_teacher_student_of_limit_trained_teachers(demo, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
-    from conftest import nnunet_predict, run
+    from conftest import nnunet_predict, nnunet_train
 
     from nnunet_hlfd.demo.pipeline import nnunet_environment
     from nnunet_hlfd.errors import OptionError
@@ -171,9 +171,8 @@ def test_multi_teacher_student_of_limit_trained_teachers(demo, monkeypatch):
     teacher, student = "nnUNetTrainerHLFDTeacher_debug", "nnUNetTrainerMultiTeacher_confidence_debug"
     results = out / "nnUNet_results" / "Dataset991_HLFDDemo"
 
-    def train(fold: int, trainer: str = teacher, **extra_env) -> subprocess.CompletedProcess:
-        args = ["nnUNetv2_train", "991", "3d_fullres", str(fold), "-tr", trainer, "-device", "cpu"]
-        return run([*args, *(["--c"] if extra_env.pop("resume", False) else [])], dict(env, **extra_env), False)
+    def train(fold: int, trainer: str = teacher, *extra: str, **extra_env) -> subprocess.CompletedProcess:
+        return nnunet_train(dict(env, **extra_env), 991, "3d_fullres", trainer, *extra, check=False, fold=fold)
 
     # refused before anything is written: the demo's teacher (fold 0) was trained on nnU-Net's 5-fold split
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
@@ -204,7 +203,7 @@ def test_multi_teacher_student_of_limit_trained_teachers(demo, monkeypatch):
 
     interrupted = train(2, student, **{STOP_AFTER_EPOCH_ENV: "1"})
     assert interrupted.returncode == INTERRUPTED_EXIT_CODE, interrupted.stderr[-3000:]
-    resumed = train(2, student, resume=True)
+    resumed = train(2, student, "--c")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     fold = results / f"{student}__nnUNetPlans__3d_fullres" / "fold_2"

@@ -54,7 +54,8 @@ def teacher_weights(confidences: list[torch.Tensor], mode: str) -> torch.Tensor:
         raise ValueError(f"unknown combination {mode!r}: choose one of {COMBINATIONS}")
     confidence = torch.stack([c.float() for c in confidences])
     if mode == "mean":
-        return torch.full_like(confidence, 1.0 / len(confidences))
+        # one weight per teacher and sample: nothing to resize to the feature grids
+        return confidence.new_full((*confidence.shape[:3], *[1] * (confidence.ndim - 3)), 1.0 / len(confidences))
     if mode == "sample_confidence":
         confidence = confidence.mean(dim=tuple(range(3, confidence.ndim)), keepdim=True)
     return confidence / confidence.sum(0, keepdim=True).clamp_min(1e-12)

@@ -38,11 +38,15 @@ class _ShortSchedule:
         dataset_json: dict,
         device: torch.device = torch.device("cuda"),
     ):
+        self._read_schedule(configuration, plans["configurations"][configuration])
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = self.epochs
         self.num_iterations_per_epoch = self.iterations
         self.num_val_iterations_per_epoch = self.val_iterations
         self.save_every = 1  # checkpoint_latest.pth after every epoch, so that an interruption can be resumed
+
+    def _read_schedule(self, name: str, configuration: dict) -> None:
+        """The class attributes are the schedule; variants that take it from the plans override this."""
 
     def on_epoch_end(self) -> None:
         super().on_epoch_end()
@@ -93,23 +97,15 @@ class _PlannedSchedule(_ShortSchedule):
 
     teacher_trainer = "nnUNetTrainerHLFDTeacher_bench"
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),
-    ):
-        schedule = plans["configurations"][configuration].get(SCHEDULE_KEY)
+    def _read_schedule(self, name: str, configuration: dict) -> None:
+        schedule = configuration.get(SCHEDULE_KEY)
         if schedule is None:
             raise OptionError(
-                f'The plans configuration {configuration} has no "{SCHEDULE_KEY}" block: the *_bench trainers follow '
+                f'The plans configuration {name} has no "{SCHEDULE_KEY}" block: the *_bench trainers follow '
                 "the schedule the benchmark harness writes there (benchmarks/kits_benchmark.py)."
             )
         self.epochs, self.iterations = schedule["epochs"], schedule["iterations"]
         self.val_iterations, self.mirroring = schedule["val_iterations"], schedule["mirroring"]
-        super().__init__(plans, configuration, fold, dataset_json, device)
 
 
 class nnUNetTrainerHLFDTeacher_debug(_Debug, nnUNetTrainer):
