@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nnunet_hlfd.benchmark import PROFILES, ROWS, BenchmarkError, Harness, with_rows
+from nnunet_hlfd.benchmark import PROFILES, ROWS, BenchmarkError, Harness, with_rows, with_variants
 from nnunet_hlfd.conversion.core import ConversionError
 from nnunet_hlfd.errors import DistillationSetupError, exit_with_message
 from nnunet_hlfd.phantom import PhantomError
@@ -25,11 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     parser.add_argument("--work", type=Path, required=True, help="working folder (nnU-Net folders, logs, report)")
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), help="compare these rows (default: the profile's)")
+    parser.add_argument(
+        "--variant", nargs=3, action="append", metavar=("NAME", "ROW", "OPTIONS"),
+        help="an extra row: ROW's trainer with other options (JSON), e.g. --variant hlfd_t1 hlfd "
+        "'{\"temperature\": 1}'; trained on the same plans (a copy with these options), schedule and split",
+    )  # fmt: skip
     parser.add_argument("--time-limit-min", type=float, help="stop (resumably) before this many minutes are exceeded")
     parser.add_argument("--report", type=Path, help="also write the report here (e.g. docs/benchmarks.md)")
     args = parser.parse_args(argv)
     with exit_with_message("kits_benchmark", BenchmarkError, DistillationSetupError, ConversionError, PhantomError):
-        profile = with_rows(PROFILES[args.profile], args.rows)
+        profile = with_variants(with_rows(PROFILES[args.profile], args.rows), args.variant)
         report = Harness(profile, args.labels, args.work, args.time_limit_min)(args.report)
     if report is None:
         print("stopped at the time limit: run the same command again to continue", file=sys.stderr)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from nnunet_hlfd.files import write_text
 from nnunet_hlfd.phantom import PhantomSettings, plot_phantom_samples, write_phantoms
 from nnunet_hlfd.trainers.multi_teacher import TEACHERS_ENV
 from nnunet_hlfd.trainers.schedules import INTERRUPTED_EXIT_CODE, SCHEDULE_KEY, STOP_AFTER_TIME_ENV
+from nnunet_hlfd.trainers.student import PLANS_BLOCK
 
 # The compared rows: name -> trainer with the benchmark's planned schedule. "teacher" and "student" are the
 # references of the comparison (gap recovered = (row − student) / (teacher − student)).
@@ -56,6 +58,7 @@ ROWS = {
 }
 REFERENCE_ROWS = ("teacher", "student")
 TEACHER_TRAINER = ROWS["teacher"]
+PLANS = "nnUNetPlans"
 HALF_TEACHERS = 2  # limit-trained teachers per fold for the multi-teacher row
 
 
@@ -65,6 +68,20 @@ class Schedule:
     iterations: int
     val_iterations: int
     mirroring: bool
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An extra row: another row's trainer with other options. The options go into the "hlfd" block of a copy of
+    the plans (``nnUNetPlans_<name>``: same preprocessed data, schedule and split), so nothing else differs."""
+
+    name: str
+    row: str
+    options: tuple[tuple[str, object], ...]
+
+    @property
+    def plans(self) -> str:
+        return f"{PLANS}_{self.name}"
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,11 @@ class Profile:
     data_augmentation_workers: int = 2
     export_processes: int = 1
     step_overhead_iterations: int = 10  # 0: not run
+    variants: tuple[Variant, ...] = ()
+
+    def trainer_and_plans(self, row: str) -> tuple[str, str]:
+        variant = next((v for v in self.variants if v.name == row), None)
+        return (ROWS[variant.row], variant.plans) if variant else (ROWS[row], PLANS)
 
 
 PROFILES = {
@@ -148,6 +170,7 @@ class Job:
     row: str
     trainer: str
     fold: int
+    plans: str = PLANS
 
     @property
     def name(self) -> str:
@@ -165,9 +188,14 @@ def planned_jobs(profile: Profile) -> list[Job]:
             for f in profile.folds
             for t in half_teacher_folds(f, n)
         ]
-    jobs += [Job("train", row, ROWS[row], f) for f in profile.folds for row in rows]
-    jobs += [Job("predict", row, ROWS[row], f) for f in profile.folds for row in profile.rows]
+    jobs += [row_job(profile, "train", row, f) for f in profile.folds for row in rows]
+    jobs += [row_job(profile, "predict", row, f) for f in profile.folds for row in profile.rows]
     return jobs
+
+
+def row_job(profile: Profile, kind: str, row: str, fold: int) -> Job:
+    trainer, plans = profile.trainer_and_plans(row)
+    return Job(kind, row, trainer, fold, plans)
 
 
 class Harness:
@@ -204,8 +232,7 @@ class Harness:
             raise BenchmarkError(f"{' '.join(args[:3])} ... failed ({code}); see {log_file}")
         return code
 
-    def model_folder(self, trainer: str) -> Path:
-        plans = "nnUNetPlans"
+    def model_folder(self, trainer: str, plans: str = PLANS) -> Path:
         return self.work / "nnUNet_results" / self.dataset / f"{trainer}__{plans}__{self.profile.configuration}"
 
     def predictions(self, row: str, fold: int) -> Path:
@@ -244,7 +271,9 @@ class Harness:
                 dict(self.env, nnUNet_n_proc_DA="1"),  # the planner sets torch's threads to it: 0 fails
             )  # fmt: skip
             write_text(done, json.dumps({"configuration": profile.configuration}))
-        self.fix_plans(preprocessed / "nnUNetPlans.json")
+        self.fix_plans(preprocessed / f"{PLANS}.json")
+        for variant in profile.variants:
+            self.write_variant_plans(preprocessed, variant)
         self.write_splits(preprocessed, cases)
 
     def fix_plans(self, plans_file: Path) -> None:
@@ -268,6 +297,25 @@ class Harness:
         configuration[SCHEDULE_KEY] = wanted
         write_text(plans_file, json.dumps(plans, indent=2))
 
+    def write_variant_plans(self, preprocessed: Path, variant: Variant) -> None:
+        """The plans copy of a variant, written once; refused if its options changed since."""
+        plans = json.loads((preprocessed / f"{PLANS}.json").read_text())
+        configuration = plans["configurations"][self.profile.configuration]
+        # the teacher stays the benchmark's, found under the original plans
+        block = {**configuration.get(PLANS_BLOCK, {}), **dict(variant.options), "teacher_plans": PLANS}
+        target = preprocessed / f"{variant.plans}.json"
+        if target.is_file():
+            written = json.loads(target.read_text())["configurations"][self.profile.configuration].get(PLANS_BLOCK)
+            if written != block:
+                raise BenchmarkError(
+                    f"{target} holds the options {written}, the variant {variant.name} now asks for {block}: models "
+                    "already trained used the old ones. Give the variant a new name."
+                )
+            return
+        configuration[PLANS_BLOCK] = block
+        plans["plans_name"] = variant.plans
+        write_text(target, json.dumps(plans, indent=2))
+
     def write_splits(self, preprocessed: Path, cases: list[str]) -> None:
         splits = benchmark_splits(cases, len(self.profile.folds), self.profile.test_fraction)
         target, test_file = preprocessed / "splits_final.json", self.work / "test_cases.json"
@@ -289,7 +337,7 @@ class Harness:
     def result_file(self, job: Job) -> Path:
         """What a finished job leaves: the final checkpoint, or the evaluation of the test-set predictions."""
         if job.kind == "train":
-            return self.model_folder(job.trainer) / f"fold_{job.fold}" / "checkpoint_final.pth"
+            return self.model_folder(job.trainer, job.plans) / f"fold_{job.fold}" / "checkpoint_final.pth"
         return self.predictions(job.row, job.fold) / "metrics_summary.json"
 
     def train(self, job: Job) -> bool:
@@ -305,10 +353,10 @@ class Harness:
             ]
             env[TEACHERS_ENV] = os.pathsep.join(map(str, teachers))
         args = ["nnUNetv2_train", str(self.profile.dataset_id), self.profile.configuration, str(job.fold), "-tr",
-                job.trainer, "-device", self.profile.device]  # fmt: skip
+                job.trainer, "-p", job.plans, "-device", self.profile.device]  # fmt: skip
         if (fold_folder / "checkpoint_latest.pth").is_file():
             args.append("--c")
-        code = self.run(args, f"train_{job.trainer}_fold{job.fold}", env, check=False)
+        code = self.run(args, f"train_{job.trainer}_{job.plans}_fold{job.fold}", env, check=False)
         if code == INTERRUPTED_EXIT_CODE:
             return False
         if code != 0:
@@ -319,7 +367,7 @@ class Harness:
         output = self.predictions(job.row, job.fold)
         args = ["nnUNetv2_predict", "-i", str(self.work / "test" / "images"), "-o", str(output), "-d",
                 str(self.profile.dataset_id), "-c", self.profile.configuration, "-f", str(job.fold), "-tr", job.trainer,
-                "-device", self.profile.device, "--continue_prediction"]  # fmt: skip
+                "-p", job.plans, "-device", self.profile.device, "--continue_prediction"]  # fmt: skip
         if not self.profile.schedule.mirroring:
             args.append("--disable_tta")
         if self.profile.device == "cpu":
@@ -368,10 +416,41 @@ class Harness:
             self._record_duration("epoch", float(max(epochs)))
 
     # -- report
+    def cross_validation(self) -> str:
+        """nnU-Net's own validation Dice of every row on its fold's validation cases: what a configuration may be
+        chosen on, leaving the test set to the comparison."""
+        labels = json.loads((self.work / "nnUNet_raw" / self.dataset / "dataset.json").read_text())["labels"]
+        names = {str(v): k for k, v in labels.items() if v != 0}
+        folds = self.profile.folds
+        lines = [
+            "| run | " + " | ".join(f"{n} Dice" for n in names.values()) + " | "
+            + " | ".join(f"{n} Δ vs student per fold" for n in names.values()) + " |",
+            "|---|" + "---|" * 2 * len(names),
+        ]  # fmt: skip
+        dice = {}
+        for row in self.profile.rows:
+            summaries = [
+                self.model_folder(*self.profile.trainer_and_plans(row)) / f"fold_{f}" / "validation" / "summary.json"
+                for f in folds
+            ]
+            if all(s.is_file() for s in summaries):
+                means = [json.loads(s.read_text())["mean"] for s in summaries]
+                dice[row] = {label: np.array([m[label]["Dice"] for m in means]) for label in names}
+        for row, values in dice.items():
+            cells = [f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}" for v in values.values()]
+            if "student" in dice and row != "student":
+                cells += [" ".join(f"{d:+.3f}" for d in values[label] - dice["student"][label]) for label in names]
+            else:
+                cells += [""] * len(names)
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"\nmean ± sample std over folds {list(folds)} of nnU-Net's final validation (`fold_X/validation/"
+            "summary.json`, each fold's own validation cases, no test case)."
+        )
+        return "\n".join(lines)
+
     def report(self, output: Path | None = None) -> Path:
         from nnunet_hlfd.evaluation.compare import compare_runs, format_markdown, load_run, write_comparison
-        from nnunet_hlfd.evaluation.efficiency import format_markdown as efficiency_markdown
-        from nnunet_hlfd.evaluation.efficiency import hardware, measure_efficiency
         from nnunet_hlfd.evaluation.figures import plot_case_contours
 
         profile, folder = self.profile, self.work / "report"
@@ -381,25 +460,8 @@ class Harness:
         comparison = format_markdown(rows, "student", "teacher", runs[0].tolerance_mm)
         write_comparison(rows, comparison, folder)
 
-        self.log("efficiency of the teacher and the student")
-        models = {"teacher": self.model_folder(TEACHER_TRAINER), "student": self.model_folder(ROWS["student"])}
-        devices = [profile.device]
-        measured = measure_efficiency(models, devices, profile.folds[0], images=self.work / "test" / "images",
-                                      num_cases=2, progress=False)  # fmt: skip
-        efficiency = efficiency_markdown(measured, 3, hardware(devices))
-
-        script = Path(__file__).resolve().parents[1] / "benchmarks" / "step_overhead.py"
-        step_overhead = f"Not measured in the `{profile.name}` profile."
-        if not script.is_file():
-            step_overhead = "(benchmarks/step_overhead.py not found beside the package: not measured)"
-        elif profile.step_overhead_iterations:
-            self.log("step-overhead benchmark")
-            plan = "2d" if profile.configuration == "2d" else "3d"
-            result = subprocess.run(
-                [sys.executable, str(script), "--device", profile.device, "--plans", plan, "--iterations",
-                 str(profile.step_overhead_iterations), "--warmup", "1"], capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            step_overhead = result.stdout.strip()
+        efficiency = self._measured_once("efficiency.md", self._efficiency)
+        step_overhead = self._measured_once("step_overhead.md", self._step_overhead)
 
         test_cases = json.loads((self.work / "test_cases.json").read_text())
         plot_phantom_samples(self.work / "phantoms", test_cases[:4], folder / "phantom_samples.png")
@@ -408,12 +470,48 @@ class Harness:
             self.work / "test" / "images", self.work / "test" / "labels",
             {r: self.predictions(r, profile.folds[0]) for r in shown}, folder / "cases", cases=test_cases[:1],
         )  # fmt: skip
-        markdown = self._markdown(comparison, efficiency, step_overhead, [folder / "phantom_samples.png", *figures])
+        markdown = self._markdown(
+            comparison, self.cross_validation(), efficiency, step_overhead, [folder / "phantom_samples.png", *figures]
+        )
         target = Path(output) if output else folder / "benchmark_report.md"
         write_text(target, markdown)
         return target
 
-    def _markdown(self, comparison: str, efficiency: str, step_overhead: str, figures: list[Path]) -> str:
+    def _measured_once(self, name: str, measure) -> str:
+        """Measurements that do not depend on the rows: kept in WORK/report, a continued run does not repeat them."""
+        cached = self.work / "report" / name
+        if not cached.is_file():
+            write_text(cached, measure())
+        return cached.read_text()
+
+    def _efficiency(self) -> str:
+        from nnunet_hlfd.evaluation.efficiency import format_markdown, hardware, measure_efficiency
+
+        self.log("efficiency of the teacher and the student")
+        models = {"teacher": self.model_folder(TEACHER_TRAINER), "student": self.model_folder(ROWS["student"])}
+        devices = [self.profile.device]
+        measured = measure_efficiency(models, devices, self.profile.folds[0], images=self.work / "test" / "images",
+                                      num_cases=2, progress=False)  # fmt: skip
+        return format_markdown(measured, 3, hardware(devices))
+
+    def _step_overhead(self) -> str:
+        profile = self.profile
+        script = Path(__file__).resolve().parents[1] / "benchmarks" / "step_overhead.py"
+        if not script.is_file():
+            return "(benchmarks/step_overhead.py not found beside the package: not measured)"
+        if not profile.step_overhead_iterations:
+            return f"Not measured in the `{profile.name}` profile."
+        self.log("step-overhead benchmark")
+        plan = "2d" if profile.configuration == "2d" else "3d"
+        result = subprocess.run(
+            [sys.executable, str(script), "--device", profile.device, "--plans", plan, "--iterations",
+             str(profile.step_overhead_iterations), "--warmup", "1"], capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return result.stdout.strip()
+
+    def _markdown(
+        self, comparison: str, cross_validation: str, efficiency: str, step_overhead: str, figures: list[Path]
+    ) -> str:
         from nnunet_hlfd.evaluation.efficiency import hardware
 
         profile = self.profile
@@ -440,6 +538,11 @@ class Harness:
             "",
             comparison,
             "",
+            "## Cross-validation (each fold's validation cases)",
+            "",
+            cross_validation,
+            "",
+            *self._variant_lines(),
             "## Efficiency (teacher and student, test cases)",
             "",
             efficiency,
@@ -454,6 +557,13 @@ class Harness:
             "",
         ]
         return "\n".join(lines)
+
+    def _variant_lines(self) -> list[str]:
+        variants = [
+            f"- `{v.name}`: the `{v.row}` trainer with {json.dumps(dict(v.options))} (plans `{v.plans}`)"
+            for v in self.profile.variants
+        ]
+        return ["Variants:", "", *variants, ""] if variants else []
 
     def _plan_changes(self) -> str:
         p = self.profile
@@ -483,6 +593,33 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "?"
+
+
+def with_variants(profile: Profile, specs: list[tuple[str, str, str]] | None) -> Profile:
+    """Adds variant rows from (name, row, options as JSON), e.g. ``("hlfd_t1", "hlfd", '{"temperature": 1}')``."""
+    from nnunet_hlfd.trainers import schedules
+
+    variants = []
+    for name, row, options_json in specs or []:
+        taken = {*ROWS, *(v.name for v in variants)}
+        if not re.fullmatch(r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*", name) or name in taken:
+            raise BenchmarkError(
+                f"variant name {name!r}: use letters, digits and single underscores, not a row name or another "
+                "variant's name (it names the plans copy nnUNetPlans_<name> and the results folder)"
+            )
+        if row not in ROWS or row in ("teacher", "multi_teacher"):
+            raise BenchmarkError(f"variant {name}: {row!r} is not a student row of {sorted(set(ROWS) - {'teacher'})}")
+        try:
+            options = json.loads(options_json)
+        except json.JSONDecodeError as error:
+            raise BenchmarkError(f"variant {name}: the options are not JSON ({error}): {options_json}") from None
+        valid = set(getattr(schedules, ROWS[row]).option_defaults()) - {"teacher_plans"}
+        if not isinstance(options, dict) or not options or set(options) - valid:
+            raise BenchmarkError(
+                f"variant {name}: options must be a JSON object with keys among {sorted(valid)}, got {options_json}"
+            )
+        variants.append(Variant(name, row, tuple(sorted(options.items()))))
+    return replace(profile, rows=(*profile.rows, *[v.name for v in variants]), variants=tuple(variants))
 
 
 def with_rows(profile: Profile, rows: list[str] | None) -> Profile:

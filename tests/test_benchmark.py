@@ -18,6 +18,7 @@ from nnunet_hlfd.benchmark import (
     half_teacher_folds,
     planned_jobs,
     with_rows,
+    with_variants,
 )
 from nnunet_hlfd.splits import check_no_leakage
 from nnunet_hlfd.trainers import TRAINERS
@@ -80,6 +81,43 @@ def test_plan_changes_are_written_once_and_a_changed_schedule_is_refused(tmp_pat
         Harness(changed, tmp_path, tmp_path / "work").fix_plans(plans_file)
 
 
+def test_variants_are_rows_on_a_copy_of_the_plans_and_bad_ones_are_refused(tmp_path, plans):
+    profile = with_variants(
+        with_rows(PROFILES["cpu"], ["hlfd"]), [("hlfd_t1", "hlfd", '{"temperature": 1, "alpha": 0.5}')]
+    )
+    assert profile.rows == ("teacher", "student", "hlfd", "hlfd_t1")
+    variant_jobs = [j for j in planned_jobs(profile) if j.row == "hlfd_t1"]
+    assert {(j.kind, j.trainer, j.plans) for j in variant_jobs} == {
+        (kind, ROWS["hlfd"], "nnUNetPlans_hlfd_t1") for kind in ("train", "predict")
+    } and len(variant_jobs) == 6
+    assert all(j.plans == "nnUNetPlans" for j in planned_jobs(profile) if j.row != "hlfd_t1")
+
+    plans["configurations"]["2d"] = plans["configurations"]["3d_fullres"]
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
+    harness = Harness(profile, tmp_path, tmp_path / "work")
+    harness.write_variant_plans(tmp_path, profile.variants[0])
+    written = json.loads((tmp_path / "nnUNetPlans_hlfd_t1.json").read_text())
+    assert written["plans_name"] == "nnUNetPlans_hlfd_t1"
+    assert written["configurations"]["2d"]["hlfd"] == {"alpha": 0.5, "temperature": 1, "teacher_plans": "nnUNetPlans"}
+    assert written["configurations"]["3d_fullres"] == plans["configurations"]["3d_fullres"]  # otherwise a copy
+    harness.write_variant_plans(tmp_path, profile.variants[0])  # the same options: kept
+    changed = with_variants(PROFILES["cpu"], [("hlfd_t1", "hlfd", '{"temperature": 2}')])
+    with pytest.raises(BenchmarkError, match="Give the variant a new name"):
+        Harness(changed, tmp_path, tmp_path / "work").write_variant_plans(tmp_path, changed.variants[0])
+
+    for spec, message in [
+        (("hlfd", "hlfd", '{"alpha": 1}'), "not a row name"),
+        (("a__b", "hlfd", '{"alpha": 1}'), "single underscores"),
+        (("x", "teacher", '{"alpha": 1}'), "not a student row"),
+        (("x", "hlfd", "{alpha: 1}"), "not JSON"),
+        (("x", "hlfd", '{"alpah": 1}'), "keys among"),
+        (("x", "student", '{"alpha": 1}'), "keys among"),  # the student alone has no KD options
+        (("x", "hlfd", '{"teacher_plans": "other"}'), "keys among"),  # the benchmark's teacher stays
+    ]:
+        with pytest.raises(BenchmarkError, match=message):
+            with_variants(PROFILES["cpu"], [spec])
+
+
 def test_smoke_profile_end_to_end_in_two_pieces(tmp_path):
     labels = shared_data("kits19")
     work = tmp_path / "work"
@@ -88,13 +126,22 @@ def test_smoke_profile_end_to_end_in_two_pieces(tmp_path):
     assert first.returncode == 3, first.stdout[-2000:] + first.stderr[-2000:]
     assert "run the same command again" in first.stderr and "nnUNetv2_plan_and_preprocess" in first.stdout
     assert (work / "test_cases.json").is_file() and not (work / "nnUNet_results").exists()
-    second = subprocess.run([*command, "--report", str(tmp_path / "report.md")], capture_output=True, text=True)
+    variant = ["--variant", "hlfd_t1", "hlfd", '{"temperature": 1.0}']  # an extra row, added in the second piece
+    second = subprocess.run(
+        [*command, *variant, "--report", str(tmp_path / "report.md")], capture_output=True, text=True
+    )
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     assert "nnUNetv2_plan_and_preprocess" not in second.stdout and "converting" not in second.stdout  # kept
-    assert "[1/8] train teacher fold 0" in second.stdout and "[8/8] predict multi_teacher fold 0" in second.stdout
+    assert "[1/10] train teacher fold 0" in second.stdout and "[10/10] predict hlfd_t1 fold 0" in second.stdout
     report = (tmp_path / "report.md").read_text()
-    for row in ("teacher", "student", "multi_teacher"):
+    for row in ("teacher", "student", "multi_teacher", "hlfd_t1"):
         assert f"| {row} | 1 × 1 |" in report  # one fold × one test case, per label
+        assert f"\n| {row} | " in report.split("## Cross-validation")[1].split("## Efficiency")[0]
+    results = work / "nnUNet_results" / "Dataset503_KiTSPhantomSmoke"
+    recorded = json.loads((results / f"{ROWS['hlfd']}__nnUNetPlans_hlfd_t1__2d" / "plans.json").read_text())
+    assert recorded["configurations"]["2d"]["hlfd"]["temperature"] == 1.0
+    teacher = recorded["configurations"]["2d"]["hlfd"]["teacher_used"]
+    assert Path(teacher["model_folder"]) == results / f"{ROWS['teacher']}__nnUNetPlans__2d"  # the benchmark's
     assert "### kidney" in report and "### tumor" in report and "Not measured in the `smoke` profile" in report
     assert (work / "report" / "phantom_samples.png").is_file() and list((work / "report" / "cases").glob("*.png"))
     multi = work / "nnUNet_results" / "Dataset503_KiTSPhantomSmoke" / f"{ROWS['multi_teacher']}__nnUNetPlans__2d"

@@ -56,8 +56,9 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
     method_class: type[DistillationMethod]
     config = None  # a frozen dataclass instance: the method's hyper-parameters
 
-    def option_defaults(self) -> dict:
-        return {**super().option_defaults(), **asdict(self.config)}
+    @classmethod
+    def option_defaults(cls) -> dict:
+        return {**super().option_defaults(), **asdict(cls.config)}
 
     def build_method(self, options: dict) -> DistillationMethod:
         values = {f.name: _from_json(options[f.name]) for f in fields(self.config)}

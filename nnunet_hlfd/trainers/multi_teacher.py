@@ -83,8 +83,9 @@ class nnUNetTrainerMultiTeacher(nnUNetTrainerDistillation):
     config = MultiTeacherConfig()
     teachers: tuple[str, ...] | None = None  # results model/fold folders or checkpoints; None: hlfd_splits.json
 
-    def option_defaults(self) -> dict:
-        return {**super().option_defaults(), "teachers": self.teachers}
+    @classmethod
+    def option_defaults(cls) -> dict:
+        return {**super().option_defaults(), "teachers": cls.teachers}
 
     def _requested_teachers(self, fold) -> list[TeacherSpec] | None:
         checkpoint = self.hlfd_options["teacher_checkpoint"]

@@ -65,8 +65,9 @@ class nnUNetTrainerStudent(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
 
     # ---- options -----------------------------------------------------------------------------------------
-    def option_defaults(self) -> dict:
-        return {name: getattr(self, name) for name in STUDENT_OPTIONS}
+    @classmethod
+    def option_defaults(cls) -> dict:
+        return {name: getattr(cls, name) for name in STUDENT_OPTIONS}
 
     def _read_options(self, configuration: dict) -> dict:
         block = configuration.get(PLANS_BLOCK, {})
