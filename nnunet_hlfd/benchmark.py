@@ -523,7 +523,7 @@ class Harness:
         lines = [
             f"# KiTS phantom benchmark, profile `{profile.name}`",
             "",
-            f"Command: `python benchmarks/kits_benchmark.py {self.labels} --profile {profile.name} --work {self.work}`",
+            f"Command: `{self.command()}`",
             "",
             f"Hardware: {hardware([profile.device])}. Versions: {versions}.",
             "",
@@ -531,8 +531,13 @@ class Harness:
             f"({asdict(profile.phantom)}); {len(test)} held-out test cases; {len(profile.folds)}-fold "
             f"cross-validation on the other {development} (the folds are the repeats: mean ± std over folds). "
             f"Configuration `{profile.configuration}`; plan changes: {self._plan_changes()}; schedule "
-            f"{asdict(profile.schedule)} for the teacher and every row. Multi-teacher KD: {HALF_TEACHERS} "
-            "limit-trained teachers per fold, each on a disjoint half of the fold's training cases.",
+            f"{asdict(profile.schedule)} for the teacher and every row."
+            + (
+                f" Multi-teacher KD: {HALF_TEACHERS} limit-trained teachers per fold, each on a disjoint half of "
+                "the fold's training cases."
+                if "multi_teacher" in profile.rows
+                else ""
+            ),
             "",
             "## Test-set comparison",
             "",
@@ -557,6 +562,19 @@ class Harness:
             "",
         ]
         return "\n".join(lines)
+
+    def command(self) -> str:
+        """The command that reproduces this report (rows and variants included)."""
+        profile = self.profile
+        words = ["python benchmarks/kits_benchmark.py", str(self.labels), "--profile", profile.name, "--work",
+                 str(self.work)]  # fmt: skip
+        variants = [v.name for v in profile.variants]
+        rows = [r for r in profile.rows if r not in variants]
+        if rows != list(PROFILES[profile.name].rows):
+            words += ["--rows", *[r for r in rows if r not in REFERENCE_ROWS]]
+        for v in profile.variants:
+            words += ["--variant", v.name, v.row, f"'{json.dumps(dict(v.options))}'"]
+        return " ".join(words)
 
     def _variant_lines(self) -> list[str]:
         variants = [

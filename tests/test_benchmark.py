@@ -91,6 +91,9 @@ def test_variants_are_rows_on_a_copy_of_the_plans_and_bad_ones_are_refused(tmp_p
         (kind, ROWS["hlfd"], "nnUNetPlans_hlfd_t1") for kind in ("train", "predict")
     } and len(variant_jobs) == 6
     assert all(j.plans == "nnUNetPlans" for j in planned_jobs(profile) if j.row != "hlfd_t1")
+    command = Harness(profile, Path("labels"), tmp_path / "w").command()  # what the report prints
+    assert command.endswith("--rows hlfd --variant hlfd_t1 hlfd '" + json.dumps({"alpha": 0.5, "temperature": 1}) + "'")
+    assert "--rows" not in Harness(PROFILES["cpu"], Path("labels"), tmp_path / "w").command()
 
     plans["configurations"]["2d"] = plans["configurations"]["3d_fullres"]
     (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
