@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -477,7 +478,7 @@ class Harness:
         write_text(target, markdown)
         return target
 
-    def _measured_once(self, name: str, measure) -> str:
+    def _measured_once(self, name: str, measure: Callable[[], str]) -> str:
         """Measurements that do not depend on the rows: kept in WORK/report, a continued run does not repeat them."""
         cached = self.work / "report" / name
         if not cached.is_file():
