@@ -35,6 +35,7 @@ import numpy as np
 
 from nnunet_hlfd.files import write_text
 from nnunet_hlfd.phantom import PhantomSettings, plot_phantom_samples, write_phantoms
+from nnunet_hlfd.trainers import schedules
 from nnunet_hlfd.trainers.multi_teacher import TEACHERS_ENV
 from nnunet_hlfd.trainers.schedules import INTERRUPTED_EXIT_CODE, SCHEDULE_KEY, STOP_AFTER_TIME_ENV
 from nnunet_hlfd.trainers.student import PLANS_BLOCK
@@ -83,6 +84,10 @@ class Variant:
     @property
     def plans(self) -> str:
         return f"{PLANS}_{self.name}"
+
+    @property
+    def options_json(self) -> str:
+        return json.dumps(dict(self.options))
 
 
 @dataclass(frozen=True)
@@ -431,7 +436,7 @@ class Harness:
         dice = {}
         for row in self.profile.rows:
             summaries = [
-                self.model_folder(*self.profile.trainer_and_plans(row)) / f"fold_{f}" / "validation" / "summary.json"
+                self.result_file(row_job(self.profile, "train", row, f)).parent / "validation" / "summary.json"
                 for f in folds
             ]
             if all(s.is_file() for s in summaries):
@@ -574,12 +579,12 @@ class Harness:
         if rows != list(PROFILES[profile.name].rows):
             words += ["--rows", *[r for r in rows if r not in REFERENCE_ROWS]]
         for v in profile.variants:
-            words += ["--variant", v.name, v.row, f"'{json.dumps(dict(v.options))}'"]
+            words += ["--variant", v.name, v.row, f"'{v.options_json}'"]
         return " ".join(words)
 
     def _variant_lines(self) -> list[str]:
         variants = [
-            f"- `{v.name}`: the `{v.row}` trainer with {json.dumps(dict(v.options))} (plans `{v.plans}`)"
+            f"- `{v.name}`: the `{v.row}` trainer with {v.options_json} (plans `{v.plans}`)"
             for v in self.profile.variants
         ]
         return ["Variants:", "", *variants, ""] if variants else []
@@ -616,8 +621,7 @@ def _version(package: str) -> str:
 
 def with_variants(profile: Profile, specs: list[tuple[str, str, str]] | None) -> Profile:
     """Adds variant rows from (name, row, options as JSON), e.g. ``("hlfd_t1", "hlfd", '{"temperature": 1}')``."""
-    from nnunet_hlfd.trainers import schedules
-
+    student_rows = sorted(set(ROWS) - {"teacher", "multi_teacher"})  # only the multi_teacher row gets its teachers
     variants = []
     for name, row, options_json in specs or []:
         taken = {*ROWS, *(v.name for v in variants)}
@@ -626,8 +630,8 @@ def with_variants(profile: Profile, specs: list[tuple[str, str, str]] | None) ->
                 f"variant name {name!r}: use letters, digits and single underscores, not a row name or another "
                 "variant's name (it names the plans copy nnUNetPlans_<name> and the results folder)"
             )
-        if row not in ROWS or row in ("teacher", "multi_teacher"):
-            raise BenchmarkError(f"variant {name}: {row!r} is not a student row of {sorted(set(ROWS) - {'teacher'})}")
+        if row not in student_rows:
+            raise BenchmarkError(f"variant {name}: {row!r} is not one of the rows {student_rows}")
         try:
             options = json.loads(options_json)
         except json.JSONDecodeError as error:

@@ -111,7 +111,8 @@ def test_variants_are_rows_on_a_copy_of_the_plans_and_bad_ones_are_refused(tmp_p
     for spec, message in [
         (("hlfd", "hlfd", '{"alpha": 1}'), "not a row name"),
         (("a__b", "hlfd", '{"alpha": 1}'), "single underscores"),
-        (("x", "teacher", '{"alpha": 1}'), "not a student row"),
+        (("x", "teacher", '{"alpha": 1}'), "not one of the rows"),
+        (("x", "multi_teacher", '{"kl_weight": 1}'), "not one of the rows"),  # its teachers come from the harness
         (("x", "hlfd", "{alpha: 1}"), "not JSON"),
         (("x", "hlfd", '{"alpah": 1}'), "keys among"),
         (("x", "student", '{"alpha": 1}'), "keys among"),  # the student alone has no KD options
