@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nnunet_hlfd.benchmark import PROFILES, ROWS, BenchmarkError, Harness, with_rows, with_variants
+from nnunet_hlfd.benchmark import PROFILES, ROWS, BenchmarkError, Harness, with_folds, with_rows, with_variants
 from nnunet_hlfd.conversion.core import ConversionError
 from nnunet_hlfd.errors import DistillationSetupError, exit_with_message
 from nnunet_hlfd.phantom import PhantomError
@@ -30,11 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         help="an extra row: ROW's trainer with other options (JSON), e.g. --variant hlfd_t1 hlfd "
         "'{\"temperature\": 1}'; trained on the same plans (a copy with these options), schedule and split",
     )  # fmt: skip
+    parser.add_argument(
+        "--folds", nargs="+", type=int, help="run these cross-validation folds only (default: all of the profile's)"
+    )
     parser.add_argument("--time-limit-min", type=float, help="stop (resumably) before this many minutes are exceeded")
     parser.add_argument("--report", type=Path, help="also write the report here (e.g. docs/benchmarks.md)")
     args = parser.parse_args(argv)
     with exit_with_message("kits_benchmark", BenchmarkError, DistillationSetupError, ConversionError, PhantomError):
-        profile = with_variants(with_rows(PROFILES[args.profile], args.rows), args.variant)
+        profile = with_variants(with_folds(with_rows(PROFILES[args.profile], args.rows), args.folds), args.variant)
         report = Harness(profile, args.labels, args.work, args.time_limit_min)(args.report)
     if report is None:
         print("stopped at the time limit: run the same command again to continue", file=sys.stderr)

@@ -37,7 +37,12 @@ from nnunet_hlfd.files import write_text
 from nnunet_hlfd.phantom import PhantomSettings, plot_phantom_samples, write_phantoms
 from nnunet_hlfd.trainers import schedules
 from nnunet_hlfd.trainers.multi_teacher import TEACHERS_ENV
-from nnunet_hlfd.trainers.schedules import INTERRUPTED_EXIT_CODE, SCHEDULE_KEY, STOP_AFTER_TIME_ENV
+from nnunet_hlfd.trainers.schedules import (
+    INTERRUPTED_EXIT_CODE,
+    SCHEDULE_KEY,
+    STOP_AFTER_TIME_ENV,
+    TEACHER_SCHEDULE_KEY,
+)
 from nnunet_hlfd.trainers.student import PLANS_BLOCK
 
 # The compared rows: name -> trainer with the benchmark's planned schedule. "teacher" and "student" are the
@@ -46,6 +51,7 @@ ROWS = {
     "teacher": "nnUNetTrainerHLFDTeacher_bench",
     "student": "nnUNetTrainerStudent_bench",
     "hlfd": "nnUNetTrainerHLFD_bench",
+    "hlfd_paper": "nnUNetTrainerHLFD_paper_bench",
     "logit_kd": "nnUNetTrainerLogitKD_bench",
     "at": "nnUNetTrainerAT_bench",
     "cwd": "nnUNetTrainerCWD_bench",
@@ -59,6 +65,7 @@ ROWS = {
     "contrastive": "nnUNetTrainerMultiScaleContrastive_bench",
 }
 REFERENCE_ROWS = ("teacher", "student")
+TEACHER_ROWS = ("teacher", "limit-trained teacher")
 TEACHER_TRAINER = ROWS["teacher"]
 PLANS = "nnUNetPlans"
 HALF_TEACHERS = 2  # limit-trained teachers per fold for the multi-teacher row
@@ -69,7 +76,13 @@ class Schedule:
     epochs: int
     iterations: int
     val_iterations: int
-    mirroring: bool
+    mirroring: bool  # mirror augmentation in training
+    seed: int | None = None  # every row of fold k starts from seed + k (see trainers.schedules._PlannedSchedule)
+    test_time_mirroring: bool | None = None  # in validation and prediction; None: as ``mirroring``
+
+    @property
+    def tta(self) -> bool:
+        return self.mirroring if self.test_time_mirroring is None else self.test_time_mirroring
 
 
 @dataclass(frozen=True)
@@ -98,8 +111,12 @@ class Profile:
     phantom: PhantomSettings
     schedule: Schedule
     dataset_id: int
-    folds: tuple[int, ...] = (0, 1, 2)
+    cv_folds: int = 3  # the split's cross-validation folds
+    folds: tuple[int, ...] = (0, 1, 2)  # the folds run (``--folds`` picks a subset)
     rows: tuple[str, ...] = tuple(ROWS)
+    teacher_schedule: Schedule | None = None  # None: the teacher trains with the students' schedule
+    # (label or region, Dice): the teacher's mean cross-validation Dice must reach these before any row trains
+    teacher_min_dice: tuple[tuple[str, float], ...] = ()
     test_fraction: float = 0.25
     max_cases: int | None = None
     # plan changes for small machines; empty: nnU-Net's plans as planned
@@ -111,29 +128,49 @@ class Profile:
     step_overhead_iterations: int = 10  # 0: not run
     variants: tuple[Variant, ...] = ()
 
+    @property
+    def teacher_folds(self) -> tuple[int, ...]:
+        """The folds the teacher trains on: every cross-validation fold when its convergence is checked (the check
+        judges the teacher's whole cross-validation), else the folds run."""
+        return tuple(range(self.cv_folds)) if self.teacher_min_dice else self.folds
+
+    @property
+    def schedules(self) -> dict[str, dict]:
+        """The plans keys and values of the students' and (if it differs) the teacher's schedule."""
+        planned = {SCHEDULE_KEY: asdict(self.schedule)}
+        if self.teacher_schedule is not None:
+            planned[TEACHER_SCHEDULE_KEY] = asdict(self.teacher_schedule)
+        return planned
+
     def trainer_and_plans(self, row: str) -> tuple[str, str]:
         variant = next((v for v in self.variants if v.name == row), None)
         return (ROWS[variant.row], variant.plans) if variant else (ROWS[row], PLANS)
 
 
 PROFILES = {
-    # the paper's 2D setting, sized for 2 CPU cores within 3 hours
+    # the paper's 2D setting on 2 CPU cores: a converged teacher (trained longer, checked before any row), every row
+    # with one shorter schedule and the same seed per fold; mirror augmentation in training, none at test time
     "cpu": Profile(
-        "cpu", "2d", "cpu", PhantomSettings(in_plane_mm=3.0, slice_mm=4.0), Schedule(30, 25, 5, False), 501,
-        rows=("teacher", "student", "hlfd", "logit_kd", "at", "cwd", "skd", "hlfd_attention_only",
-              "hlfd_without_feedback", "hlfd_layerwise", "hlfd_individual_feedback", "hlfd_concatenated_feedback",
-              "multi_teacher", "contrastive"),
-        base_features=16, max_features=256, batch_size=8,
+        "cpu", "2d", "cpu", PhantomSettings(in_plane_mm=2.0, slice_mm=4.0),
+        Schedule(50, 25, 5, True, seed=0, test_time_mirroring=False), 504,
+        rows=("teacher", "student", "hlfd", "hlfd_paper", "cwd", "logit_kd", "at"),
+        teacher_schedule=Schedule(100, 25, 5, True, seed=0, test_time_mirroring=False),
+        teacher_min_dice=(("tumor", 0.6),), base_features=16, max_features=256, batch_size=8,
+        data_augmentation_workers=0,
     ),
     # nnU-Net's default 3d_fullres plans on one H100-class GPU, in pieces of at most 25 minutes
+    # (not run yet: the teacher's longer schedule is a guess, the convergence check decides before any row trains)
     "gpu": Profile(
-        "gpu", "3d_fullres", "cuda", PhantomSettings(in_plane_mm=1.0, slice_mm=2.0), Schedule(100, 100, 20, True),
-        502, data_augmentation_workers=12, export_processes=4, step_overhead_iterations=50,
+        "gpu", "3d_fullres", "cuda", PhantomSettings(in_plane_mm=1.0, slice_mm=2.0),
+        Schedule(100, 100, 20, True, seed=0), 502, teacher_schedule=Schedule(250, 100, 20, True, seed=0),
+        teacher_min_dice=(("tumor", 0.6),), data_augmentation_workers=12, export_processes=4,
+        step_overhead_iterations=50,
     ),
     # seconds per step: checks that the harness runs end to end (tests)
     "smoke": Profile(
-        "smoke", "2d", "cpu", PhantomSettings(in_plane_mm=6.0, slice_mm=10.0, margin_mm=15.0), Schedule(1, 2, 1, False),
-        503, folds=(0,), rows=("teacher", "student", "multi_teacher"), test_fraction=0.2, max_cases=5,
+        "smoke", "2d", "cpu", PhantomSettings(in_plane_mm=6.0, slice_mm=10.0, margin_mm=15.0),
+        Schedule(1, 2, 1, False, seed=0), 503, cv_folds=1, folds=(0,), rows=("teacher", "student", "multi_teacher"),
+        teacher_schedule=Schedule(2, 2, 1, False, seed=0), test_fraction=0.2, max_cases=5,
         base_features=4, max_features=16, batch_size=2, data_augmentation_workers=0, step_overhead_iterations=0,
     ),
 }  # fmt: skip
@@ -186,9 +223,9 @@ class Job:
 def planned_jobs(profile: Profile) -> list[Job]:
     """Training jobs (teachers first, then fold by fold every row), then the test-set predictions."""
     rows = [r for r in profile.rows if r != "teacher"]
-    jobs = [Job("train", "teacher", TEACHER_TRAINER, f) for f in profile.folds]
+    jobs = [Job("train", "teacher", TEACHER_TRAINER, f) for f in profile.teacher_folds]
     if "multi_teacher" in rows:
-        n = len(profile.folds)
+        n = profile.cv_folds
         jobs += [
             Job("train", "limit-trained teacher", TEACHER_TRAINER, t)
             for f in profile.folds
@@ -283,15 +320,16 @@ class Harness:
         self.write_splits(preprocessed, cases)
 
     def fix_plans(self, plans_file: Path) -> None:
-        """The profile's plan changes and schedule, written once; refused if they changed since."""
+        """The profile's plan changes and schedules, written once; refused if they changed since."""
         profile, plans = self.profile, json.loads(plans_file.read_text())
         configuration = plans["configurations"][profile.configuration]
-        wanted = asdict(profile.schedule)
+        wanted = profile.schedules
         if SCHEDULE_KEY in configuration:
-            if configuration[SCHEDULE_KEY] != wanted:
+            written = {key: configuration[key] for key in (SCHEDULE_KEY, TEACHER_SCHEDULE_KEY) if key in configuration}
+            if written != wanted:
                 raise BenchmarkError(
-                    f"{plans_file} holds the schedule {configuration[SCHEDULE_KEY]}, the profile now asks for "
-                    f"{wanted}: models already trained used the old one. Use a new --work folder."
+                    f"{plans_file} holds the schedules {written}, the profile now asks for {wanted}: models already "
+                    "trained used the old ones. Use a new --work folder."
                 )
             return
         kwargs = configuration["architecture"]["arch_kwargs"]
@@ -300,7 +338,7 @@ class Harness:
             kwargs["features_per_stage"] = [min(profile.base_features * 2**i, profile.max_features) for i in range(n)]
         if profile.batch_size:
             configuration["batch_size"] = profile.batch_size
-        configuration[SCHEDULE_KEY] = wanted
+        configuration.update(wanted)
         write_text(plans_file, json.dumps(plans, indent=2))
 
     def write_variant_plans(self, preprocessed: Path, variant: Variant) -> None:
@@ -323,7 +361,7 @@ class Harness:
         write_text(target, json.dumps(plans, indent=2))
 
     def write_splits(self, preprocessed: Path, cases: list[str]) -> None:
-        splits = benchmark_splits(cases, len(self.profile.folds), self.profile.test_fraction)
+        splits = benchmark_splits(cases, self.profile.cv_folds, self.profile.test_fraction)
         target, test_file = preprocessed / "splits_final.json", self.work / "test_cases.json"
         if target.is_file():
             if json.loads(target.read_text()) != splits["folds"]:
@@ -355,7 +393,7 @@ class Harness:
         if job.row == "multi_teacher":
             teachers = [
                 self.model_folder(TEACHER_TRAINER) / f"fold_{t}"
-                for t in half_teacher_folds(job.fold, len(self.profile.folds))
+                for t in half_teacher_folds(job.fold, self.profile.cv_folds)
             ]
             env[TEACHERS_ENV] = os.pathsep.join(map(str, teachers))
         args = ["nnUNetv2_train", str(self.profile.dataset_id), self.profile.configuration, str(job.fold), "-tr",
@@ -374,7 +412,7 @@ class Harness:
         args = ["nnUNetv2_predict", "-i", str(self.work / "test" / "images"), "-o", str(output), "-d",
                 str(self.profile.dataset_id), "-c", self.profile.configuration, "-f", str(job.fold), "-tr", job.trainer,
                 "-p", job.plans, "-device", self.profile.device, "--continue_prediction"]  # fmt: skip
-        if not self.profile.schedule.mirroring:
+        if not self.profile.schedule.tta:
             args.append("--disable_tta")
         if self.profile.device == "cpu":
             args += ["-npp", "1", "-nps", "1"]
@@ -386,9 +424,13 @@ class Harness:
     def run_jobs(self) -> bool:
         """Every pending job; False if the time limit stopped the run before the end."""
         jobs = planned_jobs(self.profile)
+        teacher_checked = False
         for i, job in enumerate(jobs, 1):
             if self.result_file(job).is_file():
                 continue
+            if not teacher_checked and job.row not in TEACHER_ROWS:
+                self.check_teacher()  # every teacher has trained: is it worth distilling?
+                teacher_checked = True
             # a training stops at the deadline after its current epoch: it needs room for one epoch (and start-up)
             estimate = (
                 2 * self.durations.get("epoch", 0.0) if job.kind == "train" else self.durations.get(job.kind, 0.0)
@@ -421,37 +463,101 @@ class Harness:
         if epochs:
             self._record_duration("epoch", float(max(epochs)))
 
+    def label_names(self) -> dict[str, str]:
+        """Label/region value (as nnU-Net's summary.json keys it) -> name, background left out."""
+        labels = json.loads((self.work / "nnUNet_raw" / self.dataset / "dataset.json").read_text())["labels"]
+        return {str(v): k for k, v in labels.items() if v != 0}
+
+    def validation_dice(self, row: str, folds: tuple[int, ...] | None = None) -> dict[str, np.ndarray] | None:
+        """nnU-Net's final validation Dice of a row per label/region name, one value per fold (default: the folds
+        run); None until every fold has its ``validation/summary.json``."""
+        summaries = [
+            self.result_file(row_job(self.profile, "train", row, f)).parent / "validation" / "summary.json"
+            for f in (folds or self.profile.folds)
+        ]
+        if not all(s.is_file() for s in summaries):
+            return None
+        means = [json.loads(s.read_text())["mean"] for s in summaries]
+        return {name: np.array([m[label]["Dice"] for m in means]) for label, name in self.label_names().items()}
+
+    def check_teacher(self) -> None:
+        """Refuse to distil a teacher below the profile's cross-validation Dice: a teacher that misses half the
+        tumour teaches the student to miss it, and the comparison would say nothing about a converged one."""
+        if not self.profile.teacher_min_dice:
+            return
+        folds = self.profile.teacher_folds
+        dice = self.validation_dice("teacher", folds)
+        if dice is None:
+            raise BenchmarkError("the teacher's validation summaries are missing: train the teacher folds first")
+        found = ", ".join(f"{name} {v.mean():.3f} ({' '.join(f'{x:.3f}' for x in v)})" for name, v in dice.items())
+        short = [f"{name} {dice[name].mean():.3f} < {minimum}" for name, minimum in self.profile.teacher_min_dice
+                 if dice[name].mean() < minimum]  # fmt: skip
+        if short:
+            raise BenchmarkError(
+                f"the teacher is not converged: cross-validation Dice {'; '.join(short)} (folds "
+                f"{list(folds)}: {found}). Distilling it would measure how a student copies a weak "
+                "teacher. Lengthen the teacher schedule or raise the phantom resolution, in a new --work folder."
+            )
+        self.log(f"teacher cross-validation Dice: {found}")
+
     # -- report
     def cross_validation(self) -> str:
         """nnU-Net's own validation Dice of every row on its fold's validation cases: what a configuration may be
         chosen on, leaving the test set to the comparison."""
-        labels = json.loads((self.work / "nnUNet_raw" / self.dataset / "dataset.json").read_text())["labels"]
-        names = {str(v): k for k, v in labels.items() if v != 0}
+        names = self.label_names()
         folds = self.profile.folds
         lines = [
             "| run | " + " | ".join(f"{n} Dice" for n in names.values()) + " | "
             + " | ".join(f"{n} Δ vs student per fold" for n in names.values()) + " |",
             "|---|" + "---|" * 2 * len(names),
         ]  # fmt: skip
-        dice = {}
-        for row in self.profile.rows:
-            summaries = [
-                self.result_file(row_job(self.profile, "train", row, f)).parent / "validation" / "summary.json"
-                for f in folds
-            ]
-            if all(s.is_file() for s in summaries):
-                means = [json.loads(s.read_text())["mean"] for s in summaries]
-                dice[row] = {label: np.array([m[label]["Dice"] for m in means]) for label in names}
+        dice = {row: d for row in self.profile.rows if (d := self.validation_dice(row)) is not None}
         for row, values in dice.items():
             cells = [f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}" for v in values.values()]
             if "student" in dice and row != "student":
-                cells += [" ".join(f"{d:+.3f}" for d in values[label] - dice["student"][label]) for label in names]
+                cells += [" ".join(f"{d:+.3f}" for d in values[n] - dice["student"][n]) for n in names.values()]
             else:
                 cells += [""] * len(names)
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append(
             f"\nmean ± sample std over folds {list(folds)} of nnU-Net's final validation (`fold_X/validation/"
             "summary.json`, each fold's own validation cases, no test case)."
+        )
+        return "\n".join(lines)
+
+    def training_curves(self, onset: float = 0.05) -> str:
+        """When each row learns each structure: nnU-Net's per-epoch pseudo-Dice (its validation iterations), mean
+        over the folds of a window of a tenth of the epochs around each quarter of the schedule, and the first
+        epoch at which the pseudo-Dice reaches ``onset``, per fold. A flat last column means the schedule was long
+        enough for that row."""
+        names = list(self.label_names().values())
+        quarters = (0.25, 0.5, 0.75, 1.0)
+        header = [f"{n} {int(q * 100)} %" for n in names for q in quarters] + [
+            f"{n} ≥ {onset}, per fold" for n in names
+        ]
+        lines = ["| run | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+        for row in self.profile.rows:
+            files = [self.result_file(row_job(self.profile, "train", row, f)) for f in self.profile.folds]
+            if not all(f.is_file() for f in files):
+                continue
+            curves = [_pseudo_dice(f) for f in files]  # (epochs, labels) per fold
+            cells = []
+            for k in range(len(names)):
+                for q in quarters:
+                    values = []
+                    for curve in curves:
+                        width = max(1, len(curve) // 10)
+                        end = max(width, round(q * len(curve)))
+                        values.append(curve[end - width : end, k].mean())
+                    cells.append(f"{np.mean(values):.3f}")
+            for k in range(len(names)):
+                first = [next((str(e) for e, v in enumerate(c[:, k]) if v >= onset), "—") for c in curves]
+                cells.append("/".join(first))
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append(
+            "\nnnU-Net's pseudo-Dice per epoch (foreground-oversampled validation patches, not whole cases), from "
+            "`checkpoint_final.pth`: the mean over folds of the last tenth of the epochs up to 25/50/75/100 % of each "
+            f"row's schedule, and the first epoch (from 0) reaching {onset} per fold (— never)."
         )
         return "\n".join(lines)
 
@@ -465,6 +571,17 @@ class Harness:
         rows = compare_runs(runs, "student", "teacher")
         comparison = format_markdown(rows, "student", "teacher", runs[0].tolerance_mm)
         write_comparison(rows, comparison, folder)
+        summary = {
+            "profile": profile.name,
+            "folds": list(profile.folds),
+            "test": dice_summary(rows),
+            "cross_validation_dice": {
+                row: {name: [float(x) for x in values] for name, values in dice.items()}
+                for row in profile.rows
+                if (dice := self.validation_dice(row)) is not None
+            },
+        }
+        write_text(folder / "summary.json", json.dumps(summary, indent=2))
 
         efficiency = self._measured_once("efficiency.md", self._efficiency)
         step_overhead = self._measured_once("step_overhead.md", self._step_overhead)
@@ -477,7 +594,11 @@ class Harness:
             {r: self.predictions(r, profile.folds[0]) for r in shown}, folder / "cases", cases=test_cases[:1],
         )  # fmt: skip
         markdown = self._markdown(
-            comparison, self.cross_validation(), efficiency, step_overhead, [folder / "phantom_samples.png", *figures]
+            comparison,
+            self.cross_validation() + "\n\n" + self.training_curves(),
+            efficiency,
+            step_overhead,
+            [folder / "phantom_samples.png", *figures],
         )
         target = Path(output) if output else folder / "benchmark_report.md"
         write_text(target, markdown)
@@ -534,10 +655,11 @@ class Harness:
             f"Hardware: {hardware([profile.device])}. Versions: {versions}.",
             "",
             f"Data: {len(test) + development} phantoms from the real label maps in `{self.labels}` "
-            f"({asdict(profile.phantom)}); {len(test)} held-out test cases; {len(profile.folds)}-fold "
-            f"cross-validation on the other {development} (the folds are the repeats: mean ± std over folds). "
+            f"({asdict(profile.phantom)}); {len(test)} held-out test cases; {profile.cv_folds}-fold "
+            f"cross-validation on the other {development}, folds {list(profile.folds)} run (the folds are the "
+            "repeats: mean ± std over folds). "
             f"Configuration `{profile.configuration}`; plan changes: {self._plan_changes()}; schedule "
-            f"{asdict(profile.schedule)} for the teacher and every row."
+            f"{self._schedule_description()}."
             + (
                 f" Multi-teacher KD: {HALF_TEACHERS} limit-trained teachers per fold, each on a disjoint half of "
                 "the fold's training cases."
@@ -578,6 +700,8 @@ class Harness:
         rows = [r for r in profile.rows if r not in variants]
         if rows != list(PROFILES[profile.name].rows):
             words += ["--rows", *[r for r in rows if r not in REFERENCE_ROWS]]
+        if profile.folds != PROFILES[profile.name].folds:
+            words += ["--folds", *map(str, profile.folds)]
         for v in profile.variants:
             words += ["--variant", v.name, v.row, f"'{v.options_json}'"]
         return " ".join(words)
@@ -588,6 +712,15 @@ class Harness:
             for v in self.profile.variants
         ]
         return ["Variants:", "", *variants, ""] if variants else []
+
+    def _schedule_description(self) -> str:
+        p = self.profile
+        rows = f"{asdict(p.schedule)} for every row"
+        if p.teacher_schedule is None:
+            return f"{rows} and the teacher"
+        minimum = ", ".join(f"{name} ≥ {dice}" for name, dice in p.teacher_min_dice)
+        teacher = f"the teacher {asdict(p.teacher_schedule)}"
+        return f"{rows}, {teacher}" + (f" (its cross-validation Dice checked first: {minimum})" if minimum else "")
 
     def _plan_changes(self) -> str:
         p = self.profile
@@ -608,6 +741,25 @@ class Harness:
         target = self.report(report)
         self.log(f"done: {target}")
         return target
+
+
+def _pseudo_dice(checkpoint: Path) -> np.ndarray:
+    """(epochs, labels/regions) pseudo-Dice that nnU-Net logged during training."""
+    import torch
+
+    logging = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    return np.array(logging["dice_per_class_or_region"], dtype=np.float64)
+
+
+def dice_summary(rows: list[dict]) -> dict:
+    """Per run and label/region, the test-set Dice of a comparison: mean and std over the folds, Δ against the
+    student alone with its paired Wilcoxon p and number of pairs, and the gap recovered."""
+    keys = ("mean", "std", "repeats", "cases", "delta_vs_baseline", "p_value", "paired_cases", "gap_recovered")
+    summary: dict = {}
+    for row in rows:
+        if row["metric"] == "Dice":
+            summary.setdefault(row["run"], {})[row["class"]] = {key: row.get(key) for key in keys}
+    return summary
 
 
 def _version(package: str) -> str:
@@ -643,6 +795,18 @@ def with_variants(profile: Profile, specs: list[tuple[str, str, str]] | None) ->
             )
         variants.append(Variant(name, row, tuple(sorted(options.items()))))
     return replace(profile, rows=(*profile.rows, *[v.name for v in variants]), variants=tuple(variants))
+
+
+def with_folds(profile: Profile, folds: list[int] | None) -> Profile:
+    """Run a subset of the profile's cross-validation folds (the split stays the profile's)."""
+    if not folds:
+        return profile
+    outside = sorted(set(folds) - set(range(profile.cv_folds)))
+    if outside:
+        raise BenchmarkError(
+            f"folds {outside}: the {profile.name} profile has cross-validation folds {list(range(profile.cv_folds))}"
+        )
+    return replace(profile, folds=tuple(sorted(set(folds))))
 
 
 def with_rows(profile: Profile, rows: list[str] | None) -> Profile:

@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from nnunet_hlfd.demo.pipeline import nnunet_environment
@@ -214,6 +217,25 @@ DATASET_ID = 990
 DATASET = "Dataset990_HLFDSynthetic"
 CONFIG = "3d_fullres"
 TEACHER = "nnUNetTrainerHLFDTeacher_debug"
+
+
+TEACHER_DIR = "nnUNetTrainer__nnUNetPlans__3d_fullres"
+
+
+def write_teacher(results: Path, plans: dict, dataset_json: dict, fold="0", init_fold=0, folder=TEACHER_DIR) -> Path:
+    model = results / DATASET / folder
+    (model / f"fold_{fold}").mkdir(parents=True)
+    (model / "plans.json").write_text(json.dumps(plans))
+    (model / "dataset.json").write_text(json.dumps(dataset_json))
+    pm = PlansManager(plans)
+    net = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 3, True)
+    checkpoint = {
+        "network_weights": net.state_dict(),
+        "init_args": {"configuration": "3d_fullres", "fold": init_fold},
+        "trainer_name": "nnUNetTrainer",
+    }
+    torch.save(checkpoint, model / f"fold_{fold}" / "checkpoint_final.pth")
+    return model
 
 
 def model_folder(env: dict, trainer: str) -> Path:

@@ -208,7 +208,8 @@ def test_ablation_pairs_by_hand():
 
     assert table("attention_only", 0.0, 1.0) == ([], [(5, 5, 1.0)])
     assert table("without_feedback") == ([(4, 4, 0.1)], [(5, 5, 0.9)])
-    assert table("layerwise") == ([(j, j, 0.02) for j in range(5)], [(i, i, 0.15) for i in range(6)])
+    # decoder stage 0's head is untrained (nnU-Net's DS weight 0): layer-wise KD starts at stage 1
+    assert table("layerwise") == ([(j, j, 0.025) for j in range(1, 5)], [(i, i, 0.15) for i in range(6)])
     assert table("individual_feedback") == ([(j, 4, 0.025) for j in (1, 2, 3, 4)], [(i, 5, 0.18) for i in range(1, 6)])
 
 
@@ -267,3 +268,30 @@ def test_method_on_nnunet_unets(name, dim, regions):
     if distiller.adapters is not None:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.adapters.parameters())
     assert (name in ("fitnets", "concatenated_feedback", "multi_scale_contrastive")) == (distiller.adapters is not None)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_random_lowest_teacher_head_changes_no_method(name):
+    """nnU-Net trains the lowest-resolution deep-supervision output with weight 0, so a trained teacher's
+    decoder.seg_layers[0] is a random projection: no method may learn from it."""
+    from nnunet_hlfd.methods.base import by_decoder_stage, valid_masks
+
+    student, teacher = make_unet(3, 4), make_unet(3, 8)
+    distiller = Distiller(METHODS[name](), regions=False)
+    distiller.attach(student, teacher, num_classes=3)
+    data = torch.randn(2, 1, 8, 16, 16)
+
+    def terms(targets=None):
+        output, captured = distiller.forward(student, data)
+        targets = targets or targets_for(output, regions=False, ignore=True)
+        valid = valid_masks(targets, distiller.n_stages, 3, False)
+        torch.manual_seed(3)  # the contrastive method samples its anchors
+        values = distiller.losses(output, captured, valid, by_decoder_stage(targets, distiller.n_stages))
+        return {k: v.detach() for k, v in values.items()}, targets
+
+    before, targets = terms()
+    with torch.no_grad():
+        for parameter in teacher.decoder.seg_layers[0].parameters():
+            parameter.copy_(torch.randn_like(parameter) * 5)
+    after, _ = terms(targets)
+    assert all(torch.equal(before[k], after[k]) for k in before), name

@@ -4,8 +4,10 @@ time limit after the preparation, then continued) on real KiTS label maps."""
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import shared_data
 
@@ -14,9 +16,13 @@ from nnunet_hlfd.benchmark import (
     ROWS,
     BenchmarkError,
     Harness,
+    Schedule,
     benchmark_splits,
+    dice_summary,
     half_teacher_folds,
     planned_jobs,
+    row_job,
+    with_folds,
     with_rows,
     with_variants,
 )
@@ -48,14 +54,15 @@ def test_split_holds_out_a_test_set_and_nests_the_limit_trained_teachers():
 
 def test_every_row_is_a_benchmark_trainer_and_teachers_train_first():
     assert set(ROWS.values()) <= set(TRAINERS)  # multi-teacher and contrastive KD included
-    for name in ("multi_teacher", "contrastive", "hlfd", "student"):
+    for name in ("hlfd", "hlfd_paper", "student", "cwd", "logit_kd", "at"):
         assert name in PROFILES["cpu"].rows
-    jobs = planned_jobs(PROFILES["cpu"])
+    profile = with_rows(PROFILES["cpu"], ["hlfd", "multi_teacher", "contrastive"])
+    jobs = planned_jobs(profile)
     trains = [j for j in jobs if j.kind == "train"]
     assert [j.kind for j in jobs] == ["train"] * len(trains) + ["predict"] * (len(jobs) - len(trains))
     teachers = [j for j in trains if j.trainer == ROWS["teacher"]]
     assert trains[: len(teachers)] == teachers and sorted(j.fold for j in teachers) == list(range(9))
-    assert len(trains) == 9 + 3 * (len(PROFILES["cpu"].rows) - 1)
+    assert len(trains) == 9 + 3 * (len(profile.rows) - 1)
     without = with_rows(PROFILES["cpu"], ["hlfd"])
     assert without.rows == ("teacher", "student", "hlfd")
     assert all(j.trainer != ROWS["teacher"] or j.fold < 3 for j in planned_jobs(without))  # no limit-trained ones
@@ -63,22 +70,81 @@ def test_every_row_is_a_benchmark_trainer_and_teachers_train_first():
         with_rows(PROFILES["cpu"], ["nope"])
 
 
+def test_a_subset_of_folds_keeps_the_split_and_its_limit_trained_teachers():
+    profile = with_folds(with_rows(PROFILES["cpu"], ["hlfd", "multi_teacher"]), [1])
+    assert profile.folds == (1,) and profile.cv_folds == 3
+    jobs = planned_jobs(profile)
+    assert {j.fold for j in jobs if j.row not in ("teacher", "limit-trained teacher")} == {1}
+    # the teacher's convergence is judged on its whole cross-validation: every fold's teacher trains
+    assert [j.fold for j in jobs if j.row == "teacher" and j.kind == "train"] == [0, 1, 2]
+    assert sorted(j.fold for j in jobs if j.row == "limit-trained teacher") == half_teacher_folds(1, 3) == [5, 6]
+    assert Harness(profile, Path("labels"), Path("w")).command().endswith("--folds 1")
+    assert with_folds(PROFILES["cpu"], None) is PROFILES["cpu"]
+    with pytest.raises(BenchmarkError, match=r"folds \[3\]: the cpu profile has cross-validation folds \[0, 1, 2\]"):
+        with_folds(PROFILES["cpu"], [0, 3])
+
+
 def test_plan_changes_are_written_once_and_a_changed_schedule_is_refused(tmp_path, plans):
     plans["configurations"]["2d"] = plans["configurations"]["3d_fullres"]
     plans_file = tmp_path / "nnUNetPlans.json"
     plans_file.write_text(json.dumps(plans))
-    profile = PROFILES["smoke"]
+    profile = replace(PROFILES["smoke"], teacher_schedule=Schedule(3, 2, 1, False, 0))
     Harness(profile, tmp_path, tmp_path / "work").fix_plans(plans_file)
     configuration = json.loads(plans_file.read_text())["configurations"]["2d"]
     assert configuration["architecture"]["arch_kwargs"]["features_per_stage"] == [4, 8, 16, 16]
     assert configuration["batch_size"] == 2 and configuration["hlfd_schedule"]["epochs"] == 1
-    from dataclasses import replace
+    assert configuration["hlfd_teacher_schedule"] == {
+        "epochs": 3, "iterations": 2, "val_iterations": 1, "mirroring": False, "seed": 0, "test_time_mirroring": None
+    }  # fmt: skip
+    for changed in (replace(profile, schedule=Schedule(5, 2, 1, False)), replace(profile, teacher_schedule=None)):
+        with pytest.raises(BenchmarkError, match="holds the schedules"):
+            Harness(changed, tmp_path, tmp_path / "work").fix_plans(plans_file)
 
-    from nnunet_hlfd.benchmark import Schedule
 
-    changed = replace(profile, schedule=Schedule(5, 2, 1, False))
-    with pytest.raises(BenchmarkError, match="holds the schedule"):
-        Harness(changed, tmp_path, tmp_path / "work").fix_plans(plans_file)
+def _fake_results(harness: Harness, row: str, dice: dict[str, list[float]]) -> None:
+    """nnU-Net's validation summary of every fold of ``row``, with these Dice values (label -> per fold)."""
+    raw = harness.work / "nnUNet_raw" / harness.dataset
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "kidney": 1, "tumor": 2}}))
+    for k, fold in enumerate(harness.profile.folds):
+        folder = harness.result_file(row_job(harness.profile, "train", row, fold)).parent / "validation"
+        folder.mkdir(parents=True, exist_ok=True)
+        mean = {"1": {"Dice": dice["kidney"][k]}, "2": {"Dice": dice["tumor"][k]}}
+        (folder / "summary.json").write_text(json.dumps({"mean": mean}))
+
+
+def test_students_wait_for_a_converged_teacher(tmp_path):
+    profile = PROFILES["cpu"]
+    assert profile.teacher_min_dice == (("tumor", 0.6),) and profile.teacher_schedule.epochs > profile.schedule.epochs
+    harness = Harness(profile, tmp_path, tmp_path / "work")
+    with pytest.raises(BenchmarkError, match="train the teacher folds first"):
+        harness.check_teacher()
+    _fake_results(harness, "teacher", {"kidney": [0.95, 0.94, 0.96], "tumor": [0.7, 0.5, 0.55]})
+    with pytest.raises(BenchmarkError, match=r"not converged: cross-validation Dice tumor 0.583 < 0.6 .*new --work"):
+        harness.check_teacher()
+    _fake_results(harness, "teacher", {"kidney": [0.95, 0.94, 0.96], "tumor": [0.7, 0.6, 0.65]})
+    harness.check_teacher()  # converged: no refusal
+    assert harness.validation_dice("student") is None  # not trained yet
+
+
+def test_summary_json_holds_the_test_set_dice_of_every_row():
+    from nnunet_hlfd.evaluation.compare import COMPARED, Run, compare_runs
+
+    cases = [f"c{i}" for i in range(8)]
+
+    def run(name, offset):  # two folds, one label; each case's Dice = base + offset
+        repeat = {c: 0.1 * i / 8 + offset for i, c in enumerate(cases)}
+        metrics = {m: [repeat, {c: v + 0.01 for c, v in repeat.items()}] for m in COMPARED}
+        return Run(name, [], {"tumor": metrics})
+
+    rows = compare_runs([run("teacher", 0.6), run("student", 0.2), run("hlfd", 0.5)], "student", "teacher")
+    summary = dice_summary(rows)
+    assert set(summary) == {"teacher", "student", "hlfd"}
+    hlfd = summary["hlfd"]["tumor"]
+    assert hlfd["delta_vs_baseline"] == pytest.approx(0.3) and hlfd["gap_recovered"] == pytest.approx(0.75)
+    assert hlfd["paired_cases"] == 8 and hlfd["p_value"] == pytest.approx(2 / 2**8)  # all 8 pairs positive
+    assert hlfd["std"] == pytest.approx(np.std([0.54375, 0.55375], ddof=1)) and hlfd["repeats"] == 2
+    assert summary["student"]["tumor"]["delta_vs_baseline"] is None
 
 
 def test_variants_are_rows_on_a_copy_of_the_plans_and_bad_ones_are_refused(tmp_path, plans):
@@ -151,3 +217,61 @@ def test_smoke_profile_end_to_end_in_two_pieces(tmp_path):
     multi = work / "nnUNet_results" / "Dataset503_KiTSPhantomSmoke" / f"{ROWS['multi_teacher']}__nnUNetPlans__2d"
     used = json.loads((multi / "fold_0" / "hlfd_teacher.json").read_text())["teachers"]
     assert [t["spec"]["fold"] for t in used] == ["1", "2"]  # the two limit-trained teachers of fold 0
+    import torch
+
+    def epochs(trainer, plans="nnUNetPlans"):
+        checkpoint = results / f"{trainer}__{plans}__2d" / "fold_0" / "checkpoint_final.pth"
+        return torch.load(checkpoint, map_location="cpu", weights_only=False)["current_epoch"]
+
+    assert epochs(ROWS["teacher"]) == 2 and epochs(ROWS["student"]) == epochs(ROWS["hlfd"], "nnUNetPlans_hlfd_t1") == 1
+    summary = json.loads((work / "report" / "summary.json").read_text())
+    assert set(summary["test"]) == {"teacher", "student", "multi_teacher", "hlfd_t1"} and summary["folds"] == [0]
+    assert set(summary["test"]["hlfd_t1"]["tumor"]) >= {"mean", "std", "delta_vs_baseline", "p_value", "gap_recovered"}
+    assert set(summary["cross_validation_dice"]["teacher"]) == {"kidney", "tumor"}
+    assert "tumor ≥ 0.05, per fold" in report  # when each row learns each structure
+
+
+def test_every_row_of_a_fold_starts_from_the_same_weights_and_patches(tmp_path, monkeypatch):
+    """The planned schedule's seed: the student alone and a KD row of one fold start from identical student weights
+    (whatever the KD trainer builds after them) and draw their patches from the same generator state."""
+    import copy
+
+    import torch
+    from conftest import DATASET, TINY_DATASET_JSON, tiny_plans, write_teacher
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_hlfd.trainers import nnUNetTrainerHLFD_bench, nnUNetTrainerHLFDTeacher_bench, nnUNetTrainerStudent_bench
+
+    results, preprocessed = tmp_path / "results", tmp_path / "preprocessed"
+    monkeypatch.setenv("nnUNet_results", str(results))
+    monkeypatch.setenv("nnUNet_preprocessed", str(preprocessed))
+    monkeypatch.delenv("nnUNet_hlfd_teacher", raising=False)
+    data = preprocessed / DATASET / "nnUNetPlans_3d_fullres"
+    data.mkdir(parents=True)
+    (data / "case_0.b2nd").write_bytes(b"")  # nnU-Net infers its dataset class from the file endings
+    plans = tiny_plans()
+    configuration = plans["configurations"]["3d_fullres"]
+    configuration["hlfd_schedule"] = {"epochs": 1, "iterations": 1, "val_iterations": 1, "mirroring": False, "seed": 7}
+    configuration["hlfd_teacher_schedule"] = {**configuration["hlfd_schedule"], "epochs": 4}
+    write_teacher(results, plans, TINY_DATASET_JSON, folder="nnUNetTrainerHLFDTeacher_bench__nnUNetPlans__3d_fullres")
+    monkeypatch.setattr(nnUNetTrainer, "get_dataloaders", lambda self: (np.random.rand(), torch.rand(1).item()))
+
+    def trainer(cls, fold=0):
+        p = copy.deepcopy(plans)
+        p["continue_training"] = False
+        made = cls(p, "3d_fullres", fold, copy.deepcopy(TINY_DATASET_JSON), torch.device("cpu"))
+        made.initialize()
+        return made
+
+    student, hlfd, other_fold = trainer(nnUNetTrainerStudent_bench), trainer(nnUNetTrainerHLFD_bench), None
+    assert (student.num_epochs, hlfd.num_epochs, student.seed) == (1, 1, 7)
+    weights, distilled = student.network.state_dict(), hlfd.network.state_dict()
+    assert weights.keys() == distilled.keys() and all(torch.equal(weights[k], distilled[k]) for k in weights)
+    assert student.get_dataloaders() == hlfd.get_dataloaders()  # the same generator state for the patches
+    other_fold = trainer(nnUNetTrainerStudent_bench, fold=1)
+    assert not torch.equal(other_fold.network.state_dict()["encoder.stages.0.0.convs.0.conv.weight"],
+                           weights["encoder.stages.0.0.convs.0.conv.weight"])  # fmt: skip
+    teacher = nnUNetTrainerHLFDTeacher_bench(
+        {**copy.deepcopy(plans), "continue_training": False}, "3d_fullres", 0, TINY_DATASET_JSON, torch.device("cpu")
+    )
+    assert teacher.num_epochs == 4  # the teacher's own, longer schedule

@@ -6,32 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_DATASET_JSON, tiny_plans
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from conftest import DATASET, TEACHER_DIR, TINY_DATASET_JSON, tiny_plans, write_teacher
 
 from nnunet_hlfd.capture import StageLayoutError
 from nnunet_hlfd.errors import OptionError, TeacherMismatchError, TeacherNotFoundError
 from nnunet_hlfd.trainers import nnUNetTrainerHLFD, nnUNetTrainerStudent
-
-DATASET = "Dataset990_HLFDSynthetic"
-TEACHER_DIR = "nnUNetTrainer__nnUNetPlans__3d_fullres"
-
-
-def write_teacher(results: Path, plans: dict, dataset_json: dict, fold="0", init_fold=0, folder=TEACHER_DIR) -> Path:
-    model = results / DATASET / folder
-    (model / f"fold_{fold}").mkdir(parents=True)
-    (model / "plans.json").write_text(json.dumps(plans))
-    (model / "dataset.json").write_text(json.dumps(dataset_json))
-    pm = PlansManager(plans)
-    net = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 3, True)
-    checkpoint = {
-        "network_weights": net.state_dict(),
-        "init_args": {"configuration": "3d_fullres", "fold": init_fold},
-        "trainer_name": "nnUNetTrainer",
-    }
-    torch.save(checkpoint, model / f"fold_{fold}" / "checkpoint_final.pth")
-    return model
 
 
 @pytest.fixture

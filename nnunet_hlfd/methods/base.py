@@ -17,12 +17,31 @@ from torch import nn
 from nnunet_hlfd.capture import FeatureRecorder, StageLayoutError, UNetLayout, unet_layout, unet_recorder
 
 
+def deep_supervision_weights(n_outputs: int) -> list[float]:
+    """nnU-Net's weights, highest resolution first: 1, 1/2, 1/4, ..., the lowest output 0, normalised to sum 1."""
+    weights = [1 / 2**i for i in range(n_outputs)]
+    weights[-1] = 0.0
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def trained_decoder_stages(n_stages: int) -> tuple[int, ...]:
+    """The decoder stages whose deep-supervision head nnU-Net trains (loss weight > 0), lowest resolution first.
+
+    nnU-Net weighs the lowest-resolution output 0 (1e-6 under DDP without compile), so ``decoder.seg_layers[0]``
+    keeps its random initialisation, in the teacher as in the student: no method may read it.
+    """
+    weights = deep_supervision_weights(n_stages - 1)  # output k is decoder stage n-2-k
+    return tuple(sorted(n_stages - 2 - k for k, w in enumerate(weights) if w > 0))
+
+
 @dataclass
 class Captured:
     """Tensors of one forward pass, keyed by stage index.
 
     ``logits[j]`` are the deep-supervision logits of decoder stage j (j = 0 is the lowest resolution,
-    j = n-2 the network's final prediction).
+    j = n-2 the network's final prediction), for the stages whose head nnU-Net trains only
+    (:func:`trained_decoder_stages`): the untrained lowest head is never handed to a method.
     """
 
     encoder: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -57,6 +76,11 @@ class DistillationMethod(ABC):
         """What the loss needs of one teacher's forward pass. Multi-teacher methods reduce it here, so that
         the next teacher runs without the previous one's feature maps in memory."""
         return captured
+
+    def weight_at(self, progress: float) -> float:
+        """Factor on ``total`` at this point of training (``progress`` = epoch / epochs, 0 at the start); a method
+        with a ramp-up of its distillation weights overrides it."""
+        return 1.0
 
     def combine_teachers(self, summaries: list, regions: bool) -> Any:
         """The ``teacher`` argument of :meth:`loss`, from every teacher's summary (in the teachers' order)."""
@@ -195,11 +219,13 @@ class Distiller:
         teacher,
         valid: dict[int, torch.Tensor | None],
         targets: dict[int, torch.Tensor] | None = None,
+        progress: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """The method's loss terms for the last recorded student forward; releases the recorded tensors.
 
         ``targets``: nnU-Net's deep-supervision targets by decoder stage (see :func:`by_decoder_stage`), needed
-        by methods with ``uses_targets``.
+        by methods with ``uses_targets``. ``progress`` (epoch / epochs) scales ``total`` by the method's
+        :meth:`~DistillationMethod.weight_at`; the other terms are returned unscaled.
         """
         student = self._captured(self.student_recorder.outputs, student_output)
         extra = {}
@@ -208,12 +234,16 @@ class Distiller:
                 raise ValueError(f"{type(self.method).__name__} needs the segmentation targets")
             extra["targets"] = targets
         try:
-            return self.method.loss(student, teacher, self.adapters, valid, self.regions, **extra)
+            terms = self.method.loss(student, teacher, self.adapters, valid, self.regions, **extra)
         finally:
             self.student_recorder.clear()
+        scale = self.method.weight_at(progress)
+        return terms if scale == 1.0 else {**terms, "total": terms["total"] * scale}
 
     def _captured(self, outputs: dict[str, torch.Tensor], network_output) -> Captured:
-        captured = Captured(logits=by_decoder_stage(network_output, self.n_stages))
+        trained = trained_decoder_stages(self.n_stages)
+        logits = by_decoder_stage(network_output, self.n_stages)
+        captured = Captured(logits={j: x for j, x in logits.items() if j in trained})
         for name, tensor in outputs.items():
             part, index = name.split(".")
             getattr(captured, part)[int(index)] = tensor

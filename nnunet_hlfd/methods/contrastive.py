@@ -32,6 +32,7 @@ from torch import nn
 
 from nnunet_hlfd.adapters import ChannelAdapters
 from nnunet_hlfd.capture import UNetLayout
+from nnunet_hlfd.losses import voxel_classes
 from nnunet_hlfd.methods.base import Captured, DistillationMethod, Taps
 
 
@@ -46,14 +47,6 @@ def supervised_contrastive(
     log_probability = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     positive = (labels[:, None] == labels[None, :]).float()
     return (-(log_probability * positive).sum(1) / positive.sum(1)).mean()
-
-
-def voxel_classes(target: torch.Tensor, regions: bool, num_outputs: int) -> torch.Tensor:
-    """(B, *spatial) class of every voxel from nnU-Net's target: the label, or the code of its set of regions."""
-    if not regions:
-        return target[:, 0].long()
-    codes = 2 ** torch.arange(num_outputs, device=target.device).view(1, -1, *[1] * (target.ndim - 2))
-    return (target[:, :num_outputs].long() * codes).sum(1)
 
 
 def sample_anchors(

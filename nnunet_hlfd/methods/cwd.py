@@ -9,34 +9,15 @@ Defaults T = 4, weight 3: CIRKD's ``CriterionCWD`` settings for logits.
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from nnunet_hlfd.losses.channel_wise import cwd_loss
 from nnunet_hlfd.methods.base import Captured, DistillationMethod, Taps
-
-MASKED_LOGIT = -1e9  # finite, so masked voxels get probability 0 and zero (not NaN) gradients
 
 
 @dataclass(frozen=True)
 class CWDConfig:
     weight: float = 3.0
     temperature: float = 4.0
-
-
-def cwd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``T² · Σ_{b,c} Σ_i q_{bci} log(q_{bci} / p_{bci}) / (B·C)``, softmax over spatial positions i."""
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"CWD needs equal shapes, got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
-    b, c = student_logits.shape[:2]
-    zs = student_logits.float().reshape(b, c, -1) / temperature
-    zt = teacher_logits.float().reshape(b, c, -1) / temperature
-    if valid is not None:
-        keep = valid.reshape(b, 1, -1)
-        zs, zt = zs.masked_fill(~keep, MASKED_LOGIT), zt.masked_fill(~keep, MASKED_LOGIT)
-    q = torch.softmax(zt, dim=2)
-    kl = torch.xlogy(q, q) - q * F.log_softmax(zs, dim=2)
-    return kl.sum() / (b * c) * temperature**2
 
 
 class ChannelWiseDistillation(DistillationMethod):

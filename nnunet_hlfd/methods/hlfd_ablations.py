@@ -7,8 +7,9 @@ U-Net: final = decoder stage n-2 (the prediction), bottleneck = encoder stage n-
 
 - ``attention_only`` (``attn_kd``, "baseline"): AT(bottleneck, bottleneck) with weight 1, nothing else.
 - ``without_feedback`` (``wo_feedback``, "SKD"): KL(final, final) and AT(bottleneck, bottleneck).
-- ``layerwise`` (``deep_kd``, "DKD"): KL(stage j, stage j) for every decoder stage and AT(stage i, stage i)
-  for every encoder stage (the code's KL of a student stage with itself is read as the teacher's stage).
+- ``layerwise`` (``deep_kd``, "DKD"): KL(stage j, stage j) for every decoder stage whose head nnU-Net trains
+  (1..final: the lowest head is untrained) and AT(stage i, stage i) for every encoder stage (the code's KL of a
+  student stage with itself is read as the teacher's stage).
 - ``individual_feedback`` (``indv_feedback``, "HIFD"): KL(stage j, final) for j = 1..final and
   AT(stage i, bottleneck) for i = 1..n-1 (the code uses a subset of these stages).
 - ``concatenated_feedback`` (``cat_feedback_ours``, "IFD"): ``without_feedback`` plus KL(learned 1×1 of the
@@ -32,7 +33,7 @@ from nnunet_hlfd.losses import (
     soft_kl,
     soft_probabilities,
 )
-from nnunet_hlfd.methods.base import Captured, Taps
+from nnunet_hlfd.methods.base import Captured, Taps, trained_decoder_stages
 from nnunet_hlfd.methods.stage_pairs import StagePairMethod, StagePairs, spread
 
 VARIANTS = ("attention_only", "without_feedback", "layerwise", "individual_feedback")
@@ -59,7 +60,7 @@ def ablation_pairs(variant: str, n_stages: int, alpha: float, beta: float) -> St
         return StagePairs(pixel=spread(alpha, [(final, final)]), feature=spread(beta, [(bottleneck, bottleneck)]))
     if variant == "layerwise":
         return StagePairs(
-            pixel=spread(alpha, [(j, j) for j in range(final + 1)]),
+            pixel=spread(alpha, [(j, j) for j in trained_decoder_stages(n_stages)]),
             feature=spread(beta, [(i, i) for i in range(n_stages)]),
         )
     if variant == "individual_feedback":

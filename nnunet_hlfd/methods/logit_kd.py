@@ -7,6 +7,7 @@ masked out. Defaults: T = 4 (mdistiller), weight 1 (CIRKD's λ_kd, same reductio
 
 from dataclasses import dataclass
 
+from nnunet_hlfd.methods.base import deep_supervision_weights
 from nnunet_hlfd.methods.stage_pairs import StagePair, StagePairMethod, StagePairs
 
 
@@ -15,14 +16,6 @@ class LogitKDConfig:
     weight: float = 1.0
     temperature: float = 4.0
     deep_supervision: bool = False
-
-
-def deep_supervision_weights(n_outputs: int) -> list[float]:
-    """nnU-Net's weights, highest resolution first: 1, 1/2, 1/4, ..., the lowest output 0, normalised to sum 1."""
-    weights = [1 / 2**i for i in range(n_outputs)]
-    weights[-1] = 0.0
-    total = sum(weights)
-    return [w / total for w in weights]
 
 
 def logit_kd_pairs(n_stages: int, weight: float, deep_supervision: bool) -> StagePairs:

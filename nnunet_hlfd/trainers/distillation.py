@@ -171,7 +171,13 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
             valid = valid_masks(
                 targets, self.distiller.n_stages, self.label_manager.ignore_label, self.label_manager.has_regions
             )
-            terms = self.distiller.losses(output, teacher, valid, by_decoder_stage(targets, self.distiller.n_stages))
+            terms = self.distiller.losses(
+                output,
+                teacher,
+                valid,
+                by_decoder_stage(targets, self.distiller.n_stages),
+                progress=self.current_epoch / self.num_epochs,  # for a ramp-up of the distillation weights
+            )
             loss = seg_loss + terms["total"]
 
         backward_and_step(loss, self.optimizer, self.grad_scaler, self._trainable_parameters())

@@ -11,6 +11,13 @@ class nnUNetTrainerHLFD(nnUNetTrainerDistillation):
     config = HLFDConfig()
 
 
+class nnUNetTrainerHLFD_paper(nnUNetTrainerHLFD):
+    """HLFD with the authors' recipe (their alpha, beta, T and p, per-voxel KL, cross-stage feedback), with the
+    untrained lowest deep-supervision head left out as in every configuration."""
+
+    config = HLFDConfig()
+
+
 class nnUNetTrainerHLFD_w025(nnUNetTrainerHLFD):
     """HLFD with a quarter-width student."""
 

@@ -6,8 +6,10 @@ with the same schedule.
 """
 
 import os
+import random
 import time
 
+import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -28,7 +30,8 @@ class _ShortSchedule:
     epochs = 2
     iterations = 3
     val_iterations = 2
-    mirroring = False
+    mirroring = False  # mirror augmentation in training
+    test_time_mirroring = False  # nnU-Net's mirrored test-time augmentation in validation (4x the work in 2D)
 
     def __init__(
         self,
@@ -66,10 +69,9 @@ class _ShortSchedule:
         rotation, dummy_2d, initial_patch_size, mirror_axes = (
             super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         )
-        if self.mirroring:
-            return rotation, dummy_2d, initial_patch_size, mirror_axes
-        self.inference_allowed_mirroring_axes = None
-        return rotation, dummy_2d, initial_patch_size, None
+        if not self.test_time_mirroring:
+            self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch_size, mirror_axes if self.mirroring else None
 
 
 class _Debug(_ShortSchedule):
@@ -88,17 +90,35 @@ class _Demo(_ShortSchedule):
 
 
 SCHEDULE_KEY = "hlfd_schedule"
+TEACHER_SCHEDULE_KEY = "hlfd_teacher_schedule"
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and PyTorch's global generators: nnU-Net draws its network initialisation, patch
+    locations and (with nnUNet_n_proc_DA=0, in this process) its augmentation from them."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 class _PlannedSchedule(_ShortSchedule):
     """The schedule in the plans configuration's ``"hlfd_schedule"`` block (``epochs``, ``iterations``,
-    ``val_iterations``, ``mirroring``), written there by the benchmark harness: one schedule for the teacher and
-    every compared trainer, fixed before any of them trains."""
+    ``val_iterations``, ``mirroring``, optional ``test_time_mirroring`` (default: as ``mirroring``) and ``seed``),
+    written there by the benchmark harness: one schedule for
+    every compared trainer, fixed before any of them trains. The teacher follows ``"hlfd_teacher_schedule"`` when
+    the plans have one (a converged teacher trains longer than the students).
+
+    With a seed, every row of a fold starts from the same generator state (seed + fold) twice: before the network
+    is built (the same student initialisation for every row, whatever a method builds after it) and before the
+    data loaders start (the same patches, in the same order, for every row when augmentation runs in this process).
+    """
 
     teacher_trainer = "nnUNetTrainerHLFDTeacher_bench"
+    schedule_key = SCHEDULE_KEY
+    seed: int | None = None
 
     def _read_schedule(self, name: str, configuration: dict) -> None:
-        schedule = configuration.get(SCHEDULE_KEY)
+        schedule = configuration.get(self.schedule_key, configuration.get(SCHEDULE_KEY))
         if schedule is None:
             raise OptionError(
                 f'The plans configuration {name} has no "{SCHEDULE_KEY}" block: the *_bench trainers follow '
@@ -106,6 +126,21 @@ class _PlannedSchedule(_ShortSchedule):
             )
         self.epochs, self.iterations = schedule["epochs"], schedule["iterations"]
         self.val_iterations, self.mirroring = schedule["val_iterations"], schedule["mirroring"]
+        tta = schedule.get("test_time_mirroring")
+        self.test_time_mirroring = self.mirroring if tta is None else tta
+        self.seed = schedule.get("seed")
+
+    def _seed_for_fold(self) -> None:
+        if self.seed is not None:
+            seed_everything(self.seed + (self.fold if isinstance(self.fold, int) else 1000))
+
+    def initialize(self) -> None:
+        self._seed_for_fold()
+        super().initialize()
+
+    def get_dataloaders(self):
+        self._seed_for_fold()
+        return super().get_dataloaders()
 
 
 class nnUNetTrainerHLFDTeacher_debug(_Debug, nnUNetTrainer):
@@ -138,7 +173,7 @@ globals().update(DEBUG_TRAINERS)
 
 
 class nnUNetTrainerHLFDTeacher_bench(_PlannedSchedule, nnUNetTrainer):
-    pass
+    schedule_key = TEACHER_SCHEDULE_KEY
 
 
 class nnUNetTrainerStudent_bench(_PlannedSchedule, nnUNetTrainerStudent):
