@@ -65,7 +65,7 @@ def ablation_pairs(variant: str, n_stages: int, alpha: float, beta: float) -> St
         )
     if variant == "individual_feedback":
         return StagePairs(
-            pixel=spread(alpha, [(j, final) for j in range(1, final + 1)]),
+            pixel=spread(alpha, [(j, final) for j in trained_decoder_stages(n_stages)]),
             feature=spread(beta, [(i, bottleneck) for i in range(1, n_stages)]),
         )
     raise ValueError(variant)
