@@ -13,9 +13,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from nnunet_hlfd.benchmark import PROFILES, ROWS, BenchmarkError, Harness, with_folds, with_rows, with_variants
+from nnunet_hlfd.benchmark import (
+    PROFILES,
+    ROWS,
+    BenchmarkError,
+    Harness,
+    with_folds,
+    with_rows,
+    with_tolerances,
+    with_variants,
+)
 from nnunet_hlfd.conversion.core import ConversionError
-from nnunet_hlfd.errors import DistillationSetupError, exit_with_message
+from nnunet_hlfd.errors import DistillationSetupError, EvaluationError, exit_with_message
+from nnunet_hlfd.evaluation.evaluate import parse_tolerances
 from nnunet_hlfd.phantom import PhantomError
 
 
@@ -33,11 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--folds", nargs="+", type=int, help="run these cross-validation folds only (default: all of the profile's)"
     )
+    parser.add_argument(
+        "--tolerance-mm", nargs="+", metavar="MM|NAME=MM",
+        help="NSD's tolerance, as for `nnunet_hlfd evaluate` (default: 1 mm for every label/region); finished "
+        "predictions are evaluated again when it changes",
+    )  # fmt: skip
     parser.add_argument("--time-limit-min", type=float, help="stop (resumably) before this many minutes are exceeded")
     parser.add_argument("--report", type=Path, help="also write the report here (e.g. docs/benchmarks.md)")
     args = parser.parse_args(argv)
-    with exit_with_message("kits_benchmark", BenchmarkError, DistillationSetupError, ConversionError, PhantomError):
+    errors = (BenchmarkError, DistillationSetupError, ConversionError, PhantomError, EvaluationError)
+    with exit_with_message("kits_benchmark", *errors):
         profile = with_variants(with_folds(with_rows(PROFILES[args.profile], args.rows), args.folds), args.variant)
+        profile = with_tolerances(profile, parse_tolerances(args.tolerance_mm) if args.tolerance_mm else None)
         report = Harness(profile, args.labels, args.work, args.time_limit_min)(args.report)
     if report is None:
         print("stopped at the time limit: run the same command again to continue", file=sys.stderr)

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_hlfd.evaluation.evaluate import evaluate_folder, read_task, resolve_tolerances
+from nnunet_hlfd.evaluation.metrics import DEFAULT_TOLERANCE_MM, SURFACE_DEFINITION
 from nnunet_hlfd.files import write_text
 from nnunet_hlfd.phantom import PhantomSettings, plot_phantom_samples, write_phantoms
 from nnunet_hlfd.trainers import schedules
@@ -127,6 +129,8 @@ class Profile:
     export_processes: int = 1
     step_overhead_iterations: int = 10  # 0: not run
     variants: tuple[Variant, ...] = ()
+    # NSD's tolerance: (None, mm) for every label/region, (name, mm) per label/region (``--tolerance-mm``)
+    nsd_tolerances_mm: tuple[tuple[str | None, float], ...] = ((None, DEFAULT_TOLERANCE_MM),)
 
     @property
     def teacher_folds(self) -> tuple[int, ...]:
@@ -255,6 +259,7 @@ class Harness:
         )
         self.durations_file = self.work / "durations.json"
         self.durations = json.loads(self.durations_file.read_text()) if self.durations_file.is_file() else {}
+        self.tolerances_mm: dict[str, float] = {}  # NSD's per label/region: resolved once the dataset exists
 
     # -- helpers
     @property
@@ -301,7 +306,9 @@ class Harness:
                 KITS23 if has_cysts else KITS19, phantoms, "organ_tumor", profile.dataset_id,
                 self.dataset.split("_", 1)[1], output_root=self.work / "nnUNet_raw",
             )  # fmt: skip
-        converted = json.loads((raw / "dataset.json").read_text())["numTraining"]
+        dataset_json = json.loads((raw / "dataset.json").read_text())
+        self.tolerances_mm = resolve_tolerances(dict(profile.nsd_tolerances_mm), read_task(dataset_json))
+        converted = dataset_json["numTraining"]
         if converted != len(cases):
             raise BenchmarkError(f"{raw} holds {converted} cases, the profile {len(cases)}: use a new --work folder")
         preprocessed = self.work / "nnUNet_preprocessed" / self.dataset
@@ -407,6 +414,21 @@ class Harness:
             raise BenchmarkError(f"{job.name} failed ({code}); see {self.work / 'logs'}")
         return True
 
+    def evaluate(self, job: Job) -> None:
+        test_labels = self.work / "test" / "labels"
+        evaluate_folder(
+            self.predictions(job.row, job.fold), test_labels, tolerance_mm=self.tolerances_mm, progress=False
+        )
+
+    def evaluation_is_current(self, job: Job) -> bool:
+        """Was a finished job's test set evaluated with today's surface metrics and tolerances? (Else it is
+        evaluated again; the predictions stay.)"""
+        summary = json.loads(self.result_file(job).read_text())
+        return (
+            summary.get("surface_metrics") == SURFACE_DEFINITION
+            and summary.get("nsd_tolerance_mm") == self.tolerances_mm
+        )
+
     def predict(self, job: Job) -> None:
         output = self.predictions(job.row, job.fold)
         args = ["nnUNetv2_predict", "-i", str(self.work / "test" / "images"), "-o", str(output), "-d",
@@ -417,9 +439,7 @@ class Harness:
         if self.profile.device == "cpu":
             args += ["-npp", "1", "-nps", "1"]
         self.run(args, f"predict_{job.row}_fold{job.fold}")
-        from nnunet_hlfd.evaluation.evaluate import evaluate_folder
-
-        evaluate_folder(output, self.work / "test" / "labels", progress=False)
+        self.evaluate(job)
 
     def run_jobs(self) -> bool:
         """Every pending job; False if the time limit stopped the run before the end."""
@@ -427,6 +447,9 @@ class Harness:
         teacher_checked = False
         for i, job in enumerate(jobs, 1):
             if self.result_file(job).is_file():
+                if job.kind == "predict" and not self.evaluation_is_current(job):
+                    self.log(f"{job.name}: evaluating the test predictions again (new surface metrics or tolerances)")
+                    self.evaluate(job)
                 continue
             if not teacher_checked and job.row not in TEACHER_ROWS:
                 self.check_teacher()  # every teacher has trained: is it worth distilling?
@@ -569,7 +592,7 @@ class Harness:
         folder.mkdir(parents=True, exist_ok=True)
         runs = [load_run(row, [self.predictions(row, f) for f in profile.folds]) for row in profile.rows]
         rows = compare_runs(runs, "student", "teacher")
-        comparison = format_markdown(rows, "student", "teacher", runs[0].tolerance_mm)
+        comparison = format_markdown(rows, "student", "teacher", runs[0].tolerances_mm)
         write_comparison(rows, comparison, folder)
         summary = {
             "profile": profile.name,
@@ -704,6 +727,8 @@ class Harness:
             words += ["--folds", *map(str, profile.folds)]
         for v in profile.variants:
             words += ["--variant", v.name, v.row, f"'{v.options_json}'"]
+        if profile.nsd_tolerances_mm != PROFILES[profile.name].nsd_tolerances_mm:
+            words += ["--tolerance-mm", *(f"{k}={mm!r}" if k else f"{mm!r}" for k, mm in profile.nsd_tolerances_mm)]
         return " ".join(words)
 
     def _variant_lines(self) -> list[str]:
@@ -795,6 +820,12 @@ def with_variants(profile: Profile, specs: list[tuple[str, str, str]] | None) ->
             )
         variants.append(Variant(name, row, tuple(sorted(options.items()))))
     return replace(profile, rows=(*profile.rows, *[v.name for v in variants]), variants=tuple(variants))
+
+
+def with_tolerances(profile: Profile, tolerances_mm: dict[str | None, float] | None) -> Profile:
+    """NSD's tolerances as ``evaluate --tolerance-mm`` parses them; checked against the dataset's labels/regions
+    before anything trains."""
+    return replace(profile, nsd_tolerances_mm=tuple(tolerances_mm.items())) if tolerances_mm else profile
 
 
 def with_folds(profile: Profile, folds: list[int] | None) -> Profile:

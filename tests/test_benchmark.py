@@ -229,6 +229,19 @@ def test_smoke_profile_end_to_end_in_two_pieces(tmp_path):
     assert set(summary["test"]["hlfd_t1"]["tumor"]) >= {"mean", "std", "delta_vs_baseline", "p_value", "gap_recovered"}
     assert set(summary["cross_validation_dice"]["teacher"]) == {"kidney", "tumor"}
     assert "tumor ≥ 0.05, per fold" in report  # when each row learns each structure
+    assert "NSD@1mm" in report.split("### tumor")[1]
+
+    # other NSD tolerances: the finished predictions are evaluated again, nothing is trained or predicted
+    tolerances = ["--tolerance-mm", "tumor=2.5", "1.5"]
+    third = subprocess.run([*command, *variant, *tolerances], capture_output=True, text=True)
+    assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-2000:]
+    assert "evaluating the test predictions again" in third.stdout and "/10]" not in third.stdout  # no job ran
+    report = (work / "report" / "benchmark_report.md").read_text()
+    assert "NSD@2.5mm" in report.split("### tumor")[1] and "--tolerance-mm tumor=2.5 1.5" in report
+    evaluated = json.loads((work / "predictions" / "student" / "fold_0" / "metrics_summary.json").read_text())
+    assert evaluated["nsd_tolerance_mm"] == {"kidney": 1.5, "tumor": 2.5}
+    wrong = subprocess.run([*command, "--tolerance-mm", "tumour=2"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "the labels/regions are kidney, tumor" in wrong.stderr
 
 
 def test_every_row_of_a_fold_starts_from_the_same_weights_and_patches(tmp_path, monkeypatch):

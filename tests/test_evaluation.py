@@ -5,18 +5,23 @@ import json
 import math
 import re
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy.ndimage import binary_erosion
-from scipy.spatial.distance import cdist
 
 from nnunet_hlfd.cli import main
 from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.compare import compare_runs, format_markdown, load_run
-from nnunet_hlfd.evaluation.evaluate import PER_CASE_FILE, SUMMARY_FILE, evaluate_folder
-from nnunet_hlfd.evaluation.metrics import mask_metrics, overlap_metrics, surface_metrics
+from nnunet_hlfd.evaluation.evaluate import (
+    PER_CASE_FILE,
+    SUMMARY_FILE,
+    evaluate_folder,
+    parse_tolerances,
+    read_per_case,
+)
+from nnunet_hlfd.evaluation.metrics import SURFACE_DEFINITION, mask_metrics, overlap_metrics, surface_metrics
 
 SPACING = (3.0, 2.0, 0.5)  # (z, y, x) mm: anisotropic, as in CT
 
@@ -28,31 +33,64 @@ def box(shape, start, size) -> np.ndarray:
 
 
 # ---- metrics with answers worked out by hand ---------------------------------------------------------------
+# Surface elements (Nikolov et al. 2018) sit on the grid of voxel corners; in each 2 x 2 x 2 block of voxels, the
+# marching-cubes surface has an area that depends on which voxels are inside: 4 of 8 on one side (a face), the
+# in-plane spacings' product; 2 of 8 along an edge of length d_e, d_e · hypot(d_a / 2, d_b / 2); 1 of 8 (a
+# corner), the triangle through the three edge midpoints.
+
+
+def face_edge_corner_areas(spacing):
+    """Areas of a box's face, edge and corner elements, keyed by the face's normal or the edge's axis."""
+    dz, dy, dx = spacing
+    face = {"z": dy * dx, "y": dz * dx, "x": dz * dy}
+    edge = {
+        "z": dz * math.hypot(dy / 2, dx / 2),
+        "y": dy * math.hypot(dz / 2, dx / 2),
+        "x": dx * math.hypot(dz / 2, dy / 2),
+    }
+    corner = 0.5 * math.sqrt((dz * dy / 4) ** 2 + (dz * dx / 4) ** 2 + (dy * dx / 4) ** 2)
+    return face, edge, corner
+
+
 def test_box_shifted_by_one_voxel_along_the_finest_axis():
-    """Two 4x4x4 boxes, one shifted by one voxel along x (0.5 mm). Of each box's 56 boundary voxels, 20 lie
-    0.5 mm from the other boundary (the 16 of the leading face and the 4 inner voxels of the trailing face),
-    the other 36 on it."""
+    """Two 4x4x4 boxes, one shifted by one voxel along x (0.5 mm). Each surface has 5 x 5 corner points per
+    face: per axis 18 face elements (3 x 3 on each of two faces) and 12 edge elements, and 8 corners. Everything
+    lies on the other surface or 0.5 mm from it; at 0.5 mm lie the whole leading face (9 face, 6 + 6 edge and 4
+    corner elements) and the inside of the trailing face (9 face elements)."""
     reference = box((8, 8, 10), (2, 2, 2), (4, 4, 4))
     prediction = box((8, 8, 10), (2, 2, 3), (4, 4, 4))
+    face, edge, corner = face_edge_corner_areas(SPACING)
+    total = 18 * sum(face.values()) + 12 * sum(edge.values()) + 8 * corner
+    at_half_mm = 18 * face["x"] + 6 * edge["y"] + 6 * edge["z"] + 4 * corner
     m = mask_metrics(prediction, reference, SPACING, tolerance_mm=0.4)
     assert m["Dice"] == pytest.approx(2 * 48 / 128)
     assert m["VOE"] == pytest.approx(1 - 48 / 80)
     assert m["RVD"] == 0
     assert m["HD95"] == pytest.approx(0.5)
-    assert m["ASSD"] == pytest.approx(40 * 0.5 / 112)
-    assert m["NSD"] == pytest.approx(72 / 112)
+    assert m["ASSD"] == pytest.approx(0.5 * at_half_mm / total, rel=1e-6)
+    assert m["NSD"] == pytest.approx(1 - at_half_mm / total, rel=1e-6)
     assert surface_metrics(prediction, reference, SPACING, tolerance_mm=0.5)["NSD"] == pytest.approx(1.0)
 
 
 def test_single_voxels_at_an_anisotropic_distance():
+    """Each voxel's surface: 8 corner elements of equal area at the voxel's corners. From the reference's
+    corners (z, y, x) ∈ {1, 2}³ the nearest corner of the prediction's (z ∈ {3, 4}, y ∈ {2, 3}, x ∈ {4, 5}) is
+    dz ∈ {2, 1}, dy ∈ {1, 0}, dx ∈ {3, 2} voxels away, and the same back; the 95th percentile of 8 equal areas is
+    the farthest."""
     reference = box((6, 6, 6), (1, 1, 1), (1, 1, 1))
     prediction = box((6, 6, 6), (3, 2, 4), (1, 1, 1))
-    distance = math.sqrt((2 * 3.0) ** 2 + (1 * 2.0) ** 2 + (3 * 0.5) ** 2)
-    m = mask_metrics(prediction, reference, SPACING, tolerance_mm=distance + 0.01)
+    distances = [
+        math.sqrt((dz * 3.0) ** 2 + (dy * 2.0) ** 2 + (dx * 0.5) ** 2)
+        for dz in (1, 2)
+        for dy in (0, 1)
+        for dx in (2, 3)
+    ]
+    m = mask_metrics(prediction, reference, SPACING, tolerance_mm=max(distances))
     assert (m["Dice"], m["VOE"], m["RVD"]) == (0.0, 1.0, 0.0)
-    assert m["HD95"] == pytest.approx(distance) and m["ASSD"] == pytest.approx(distance)
+    assert m["HD95"] == pytest.approx(max(distances)) and m["ASSD"] == pytest.approx(np.mean(distances))
     assert m["NSD"] == 1.0
-    assert surface_metrics(prediction, reference, SPACING, tolerance_mm=distance - 0.01)["NSD"] == 0.0
+    assert surface_metrics(prediction, reference, SPACING, tolerance_mm=min(distances) - 0.01)["NSD"] == 0.0
+    assert surface_metrics(prediction, reference, SPACING, tolerance_mm=min(distances) + 0.01)["NSD"] == 1 / 8
     same = mask_metrics(reference, reference, SPACING)
     assert (same["Dice"], same["VOE"], same["HD95"], same["ASSD"], same["NSD"]) == (1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -79,40 +117,44 @@ def test_empty_masks_have_the_documented_values():
     assert hallucinated["HD95"] == pytest.approx(diagonal) and hallucinated["Dice"] == 0.0
 
 
-def test_a_2d_case_stored_as_one_slice_uses_in_plane_distances():
-    """1 x H x W: the single slice must not be eroded away through the slice axis."""
+def test_a_2d_case_stored_as_one_slice_uses_in_plane_contours():
+    """1 x H x W is measured as a 2D image: contour segments, weighted by length. A 4 x 4 square on a 2 mm (y) x
+    1 mm (x) grid: 6 segments of 2 mm (x-facing sides), 6 of 1 mm (y-facing), 4 corner diagonals of
+    hypot(0.5, 1) mm. Shifted by one pixel along x: the y-facing segments and half the corners lie on the other
+    contour, the rest 1 mm from it."""
     reference = box((1, 10, 10), (0, 2, 2), (1, 4, 4))
     prediction = box((1, 10, 10), (0, 2, 3), (1, 4, 4))
+    corner = math.hypot(0.5, 1.0)
+    total, on_it = 6 * 2.0 + 6 * 1.0 + 4 * corner, 6 * 1.0 + 2 * corner
     m = surface_metrics(prediction, reference, (5.0, 2.0, 1.0), tolerance_mm=0.5)
-    # of 12 boundary pixels per square, 4 + 2 lie one pixel along x (1 mm) from the other boundary, 6 on it
     assert m["HD95"] == pytest.approx(1.0)
-    assert m["ASSD"] == pytest.approx(12 * 1.0 / 24)
-    assert m["NSD"] == pytest.approx(12 / 24)
+    assert m["ASSD"] == pytest.approx(1.0 * (total - on_it) / total)
+    assert m["NSD"] == pytest.approx(on_it / total)
 
 
-def brute_force_surface(prediction, reference, spacing, tolerance):
-    """Independent float64 reference: boundary = mask minus its 6-connected erosion, all pairwise distances."""
+def deepmind_surface_metrics(reference, prediction, spacing, tolerance_mm):
+    """HD95, ASSD and NSD from DeepMind's surface-distance package (the code of the KiTS and MSD evaluations)."""
+    import surface_distance
 
-    def boundary_points(mask):
-        edge = mask & ~binary_erosion(mask, border_value=0)
-        return np.argwhere(edge).astype(np.float64) * np.asarray(spacing, dtype=np.float64)
-
-    p, r = boundary_points(prediction), boundary_points(reference)
-    d = cdist(p, r)
-    to_r, to_p = d.min(1), d.min(0)
-    both = np.concatenate([to_r, to_p])
+    with warnings.catch_warnings():  # surface-distance 0.1 imports scipy.ndimage's deprecated namespaces
+        warnings.simplefilter("ignore", DeprecationWarning)
+        d = surface_distance.compute_surface_distances(reference, prediction, spacing)
+    to_prediction, to_reference = surface_distance.compute_average_surface_distance(d)
+    area_reference, area_prediction = d["surfel_areas_gt"].sum(), d["surfel_areas_pred"].sum()
     return {
-        "HD95": max(np.percentile(to_r, 95), np.percentile(to_p, 95)),
-        "ASSD": both.mean(),
-        "NSD": (both <= tolerance).mean(),
+        "HD95": surface_distance.compute_robust_hausdorff(d, 95),
+        "ASSD": (to_prediction * area_reference + to_reference * area_prediction) / (area_reference + area_prediction),
+        "NSD": surface_distance.compute_surface_dice_at_tolerance(d, tolerance_mm),
     }
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI's own deprecation inside its public functions
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_surface_metrics_match_brute_force_and_monai_public_functions(seed):
+def test_surface_metrics_match_deepmind_surface_distance_and_monai(seed):
+    """Random blobs on an anisotropic grid against DeepMind's reference implementation (float64) and MONAI's
+    public NSD with sub-voxel surfaces."""
     import torch
-    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
+    from monai.metrics import compute_surface_dice
 
     rng = np.random.default_rng(seed)
     zz, yy, xx = np.meshgrid(*[np.arange(n) for n in (12, 20, 24)], indexing="ij")
@@ -125,15 +167,10 @@ def test_surface_metrics_match_brute_force_and_monai_public_functions(seed):
     prediction, reference = blob(), blob() | blob()
     spacing = (2.5, 0.8, 1.1)
     ours = surface_metrics(prediction, reference, spacing, tolerance_mm=1.5)
-    assert ours == pytest.approx(brute_force_surface(prediction, reference, spacing, 1.5), rel=1e-6)  # MONAI: float32
+    assert ours == pytest.approx(deepmind_surface_metrics(reference, prediction, spacing, 1.5), abs=1e-6)
     one_hot = [torch.from_numpy(m)[None, None] for m in (prediction, reference)]
-    assert ours["HD95"] == pytest.approx(
-        float(compute_hausdorff_distance(*one_hot, True, percentile=95, spacing=spacing))
-    )
-    assert ours["ASSD"] == pytest.approx(
-        float(compute_average_surface_distance(*one_hot, True, symmetric=True, spacing=spacing))
-    )
-    assert ours["NSD"] == pytest.approx(float(compute_surface_dice(*one_hot, [1.5], True, spacing=spacing)))
+    monai_nsd = compute_surface_dice(*one_hot, [1.5], True, spacing=spacing, use_subvoxels=True)
+    assert ours["NSD"] == pytest.approx(float(monai_nsd), abs=1e-6)
 
 
 # ---- evaluate on folders ----------------------------------------------------------------------------------
@@ -283,9 +320,60 @@ def test_evaluate_cli_prints_means_and_exits_2_on_errors(tmp_path, capsys):
     assert exit_code.value.code == 2 and "reference folder" in capsys.readouterr().err
 
 
+# ---- NSD tolerances per label/region --------------------------------------------------------------------------
+def test_tolerances_per_label_or_region_reach_each_nsd(tmp_path):
+    pred, ref = three_cases(tmp_path)
+    tolerances = parse_tolerances(["tumour=0.4", "3"])
+    assert tolerances == {"tumour": 0.4, None: 3.0}
+    summary = evaluate_folder(pred, ref, tmp_path / "dataset.json", tolerance_mm=tolerances, progress=False)
+    assert summary["nsd_tolerance_mm"] == {"organ": 3.0, "tumour": 0.4}
+    rows = {(r["case"], r["class"]): r for r in read_per_case(pred / PER_CASE_FILE)}
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(ref / "case_a.nii.gz")))
+    prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / "case_a.nii.gz")))
+    for name, label, mm in (("tumour", 2, 0.4), ("organ", 1, 3.0)):
+        expected = surface_metrics(prediction == label, reference == label, SPACING, mm)["NSD"]
+        assert rows[("case_a", name)]["NSD"] == pytest.approx(expected)
+    assert rows[("case_a", "tumour")]["NSD"] < 1  # the tumour is shifted by 0.5 mm: 0.4 mm matters
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (["tumor=1"], "names tumor, which dataset.json does not define: the labels/regions are organ, tumour"),
+        (["tumour=1"], "gives no tolerance for organ: add NAME=MM for each, or one bare MM"),
+        (["0"], "a tolerance must be a finite distance > 0 mm"),
+        (["organ=-1", "1"], "organ=-1.0: a tolerance must be a finite distance > 0 mm"),
+        (["inf"], "a tolerance must be a finite distance > 0 mm"),
+        (["nan"], "a tolerance must be a finite distance > 0 mm"),
+        (["one"], "'one' is not a number of mm"),
+        (["=1"], "needs the label/region's name before '='"),
+        (["1", "2"], "gives a value for every label/region twice"),
+        (["organ=1", "organ=2"], "gives 'organ' twice"),
+    ],
+)
+def test_bad_tolerances_are_refused_before_anything_is_written(tmp_path, items, message):
+    pred, ref = three_cases(tmp_path)
+    with pytest.raises(EvaluationError, match=re.escape(message)):
+        evaluate_folder(pred, ref, tmp_path / "dataset.json", tolerance_mm=parse_tolerances(items), progress=False)
+    assert not (pred / PER_CASE_FILE).exists() and not (pred / SUMMARY_FILE).exists()
+
+
+def test_evaluate_cli_takes_tolerances_per_name_and_prints_them(tmp_path, capsys):
+    pred, ref = three_cases(tmp_path)
+    dataset_json = str(tmp_path / "dataset.json")
+    main(["evaluate", str(pred), str(ref), "-djfile", dataset_json, "-np", "1", "--tolerance-mm", "tumour=0.4", "2"])
+    out = capsys.readouterr().out
+    assert "organ: Dice" in out and "NSD@2mm" in out and "NSD@0.4mm" in out
+    with pytest.raises(SystemExit) as exit_code:
+        main(["evaluate", str(pred), str(ref), "-djfile", dataset_json, "--tolerance-mm", "tumor=1"])
+    assert exit_code.value.code == 2 and "the labels/regions are organ, tumour" in capsys.readouterr().err
+
+
 # ---- compare ---------------------------------------------------------------------------------------------
-def per_case_csv(folder, values: dict[str, float], tolerance=1.0):
-    """A minimal evaluate output: one class, Dice and HD95 from ``values`` (HD95 = 10 × (1 − Dice))."""
+def per_case_csv(folder, values: dict[str, float], tolerance=1.0, surface_metrics=SURFACE_DEFINITION):
+    """A minimal evaluate output: one class, Dice and HD95 from ``values`` (HD95 = 10 × (1 − Dice)); the
+    summary records ``tolerance`` as ``evaluate`` does ({"tumour": mm}; a bare number as older versions did) and
+    the surface definition (None: not recorded, as before surface elements)."""
     folder.mkdir(parents=True)
     columns = ["case", "class", "label_or_region", "Dice", "VOE", "RVD", "HD95", "ASSD", "NSD"]
     with open(folder / PER_CASE_FILE, "w", newline="") as f:
@@ -293,7 +381,10 @@ def per_case_csv(folder, values: dict[str, float], tolerance=1.0):
         writer.writerow(columns)
         for case, d in values.items():
             writer.writerow([case, "tumour", "2", d, 1 - d, -0.1, 10 * (1 - d), 1 - d, d])
-    (folder / SUMMARY_FILE).write_text(json.dumps({"nsd_tolerance_mm": tolerance}))
+    summary = {"nsd_tolerance_mm": tolerance}
+    if surface_metrics is not None:
+        summary["surface_metrics"] = surface_metrics
+    (folder / SUMMARY_FILE).write_text(json.dumps(summary))
     return folder
 
 
@@ -325,15 +416,31 @@ def test_compare_means_paired_test_and_gap_recovered(tmp_path):
     assert get[("hlfd", "HD95")]["gap_recovered"] == pytest.approx(hlfd["gap_recovered"])
     assert get[("hlfd", "|RVD|")]["mean"] == pytest.approx(0.1)
     assert get[("hlfd", "|RVD|")]["gap_recovered"] is None  # the teacher is no better: no gap to recover
-    markdown = format_markdown(rows, "student", "teacher", runs[0].tolerance_mm)
+    markdown = format_markdown(rows, "student", "teacher", runs[0].tolerances_mm)
     assert "| hlfd | 2 × 8 |" in markdown and "NSD@1mm" in markdown and r"\|RVD\|" in markdown
     assert f"{100 * hlfd['gap_recovered']:.0f}%" in markdown
+
+
+def test_compare_names_each_class_tolerance_and_refuses_mixed_surface_definitions(tmp_path):
+    student = load_run("student", [per_case_csv(tmp_path / "s", {"x": 0.5, "y": 0.6}, {"tumour": 1.15})])
+    hlfd = load_run("hlfd", [per_case_csv(tmp_path / "h", {"x": 0.6, "y": 0.7}, {"tumour": 1.15})])
+    assert "NSD@1.15mm" in format_markdown(
+        compare_runs([student, hlfd], "student"), "student", None, hlfd.tolerances_mm
+    )
+    old = load_run("old", [per_case_csv(tmp_path / "o", {"x": 0.6, "y": 0.7}, 1.15, surface_metrics=None)])
+    assert old.tolerances_mm == {"tumour": 1.15} and old.surface_metrics.startswith("boundary voxels")
+    with pytest.raises(EvaluationError, match="different surface metrics .*evaluate them all again"):
+        compare_runs([student, old], "student")
+    with pytest.raises(EvaluationError, match="its repeats were evaluated with different surface metrics"):
+        load_run("mixed", [tmp_path / "s", tmp_path / "o"])
 
 
 def test_compare_refuses_runs_it_cannot_pair(tmp_path):
     a = load_run("student", [per_case_csv(tmp_path / "a", {"x": 0.5})])
     b = load_run("hlfd", [per_case_csv(tmp_path / "b", {"x": 0.6}, tolerance=2.0)])
     with pytest.raises(EvaluationError, match="different NSD tolerances"):
+        compare_runs([a, b], "student")
+    with pytest.raises(EvaluationError, match=r"student: tumour=1 mm; hlfd: tumour=2 mm"):
         compare_runs([a, b], "student")
     with pytest.raises(EvaluationError, match="no run named 'baseline'"):
         compare_runs([a], "baseline")

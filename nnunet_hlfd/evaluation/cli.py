@@ -47,7 +47,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("-o", "--output", help="where to write the two files (default: the predictions folder)")
     evaluate.add_argument(
-        "--tolerance-mm", type=float, default=DEFAULT_TOLERANCE_MM, help="NSD tolerance in mm (default: %(default)s)"
+        "--tolerance-mm",
+        nargs="+",
+        default=[f"{DEFAULT_TOLERANCE_MM:g}"],
+        metavar="MM|NAME=MM",
+        help="NSD tolerance in mm: one value for every label/region, NAME=MM per label/region (names from "
+        "dataset.json), or both (the bare value for the ones not named). KiTS21/23: kidney=1.0330772532390826 "
+        "masses=1.1328796488598762 tumor=1.1498198361434828 (default: %(default)s for all)",
     )
     evaluate.add_argument(
         "-np",
@@ -134,7 +140,7 @@ def run(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "evaluate":
-        from nnunet_hlfd.evaluation.evaluate import PER_CASE_FILE, SUMMARY_FILE, evaluate_folder
+        from nnunet_hlfd.evaluation.evaluate import PER_CASE_FILE, SUMMARY_FILE, evaluate_folder, parse_tolerances
         from nnunet_hlfd.evaluation.metrics import METRICS
 
         summary = evaluate_folder(
@@ -142,15 +148,18 @@ def _run(args: argparse.Namespace) -> None:
             args.references,
             args.dataset_json,
             args.output,
-            args.tolerance_mm,
+            parse_tolerances(args.tolerance_mm),
             args.num_processes,
             args.chill,
         )
         output = Path(args.output or args.predictions)
         print(f"{summary['num_cases']} cases; mean per label/region (n = cases where defined):")
         for name, stats in summary["classes"].items():
+            tolerance = summary["nsd_tolerance_mm"][name]
             values = ", ".join(
-                f"{m} {stats['metrics'][m]['mean']:.3f}" for m in METRICS if stats["metrics"][m]["mean"] is not None
+                f"{f'NSD@{tolerance:g}mm' if m == 'NSD' else m} {stats['metrics'][m]['mean']:.3f}"
+                for m in METRICS
+                if stats["metrics"][m]["mean"] is not None
             )
             print(f"  {name}: {values}")
         print(f"wrote {output / PER_CASE_FILE} and {output / SUMMARY_FILE}")
@@ -167,7 +176,7 @@ def _run(args: argparse.Namespace) -> None:
         runs = [load_run(name, paths) for name, paths in named_paths(args.runs, multiple=True).items()]
         teacher = args.teacher if args.teacher in [r.name for r in runs] else None
         rows = compare_runs(runs, args.baseline, teacher)
-        markdown = format_markdown(rows, args.baseline, teacher, runs[0].tolerance_mm)
+        markdown = format_markdown(rows, args.baseline, teacher, runs[0].tolerances_mm)
         write_comparison(rows, markdown, Path(args.output))
         print(markdown)
         print(f"wrote {Path(args.output) / MARKDOWN_FILE} and {Path(args.output) / CSV_FILE}")

@@ -59,7 +59,26 @@ class Run:
     name: str
     sources: list[Path]
     values: dict[str, dict[str, list[dict[str, float]]]]
-    tolerance_mm: float | None = None  # NSD's, from the summary beside each CSV
+    tolerances_mm: dict[str, float] | None = None  # NSD's per label/region, from the summary beside each CSV
+    surface_metrics: str | None = None  # the surface definition, from the same summary
+
+
+# Summaries written before the surface-element definition record none: their HD95, ASSD and NSD were computed on
+# boundary voxels, and must not share a table with the new ones.
+OLD_SURFACE_METRICS = "boundary voxels (an evaluation of nnunet_hlfd before surface elements)"
+NO_SUMMARY = f"unknown (no {SUMMARY_FILE} beside the per-case CSV)"
+
+
+def _evaluation_settings(source: Path, classes: list[str]) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """(surface definition, NSD tolerance per class as sorted pairs; empty if not recorded) beside one CSV."""
+    summary_file = source.with_name(SUMMARY_FILE)
+    if not summary_file.is_file():
+        return NO_SUMMARY, ()
+    summary = json.loads(summary_file.read_text())
+    tolerances = summary.get("nsd_tolerance_mm") or {}
+    if isinstance(tolerances, (int, float)):  # one value for all labels/regions, as older summaries record it
+        tolerances = {c: float(tolerances) for c in classes}
+    return summary.get("surface_metrics", OLD_SURFACE_METRICS), tuple(sorted(tolerances.items()))
 
 
 def per_case_file(path: str | os.PathLike) -> Path:
@@ -84,14 +103,29 @@ def load_run(name: str, paths: list[str | os.PathLike]) -> Run:
                 values[cls][metric].append(
                     {r["case"]: _value(r, metric) for r in class_rows if not math.isnan(_value(r, metric))}
                 )
-    tolerances = set()
-    for source in sources:
-        summary = source.with_name(SUMMARY_FILE)
-        if summary.is_file():
-            tolerances.add(json.loads(summary.read_text()).get("nsd_tolerance_mm"))
-    if len(tolerances) > 1:
-        raise EvaluationError(f"run {name}: its repeats were evaluated with different NSD tolerances {tolerances}")
-    return Run(name, sources, dict(values), tolerances.pop() if tolerances else None)
+    settings = {str(source): _evaluation_settings(source, list(values)) for source in sources}
+    whose = f"run {name}: its repeats were"
+    _require_one("surface metrics", {s: d for s, (d, _) in settings.items()}, EVALUATE_AGAIN, whose)
+    _require_one("NSD tolerances", {s: _tolerance_text(t) for s, (_, t) in settings.items()}, SAME_TOLERANCE, whose)
+    definition, tolerances = next(iter(settings.values()))  # the same for every repeat
+    return Run(name, sources, dict(values), dict(tolerances) or None, definition)
+
+
+EVALUATE_AGAIN = "evaluate them all again with this version of `nnunet_hlfd evaluate`"
+SAME_TOLERANCE = "evaluate them all with the same --tolerance-mm"
+
+
+def _require_one(what: str, recorded: dict[str, str], fix: str, whose: str = "runs were") -> None:
+    """Refuse evaluations that differ in ``what``: one table, one definition (``recorded``: whose -> value)."""
+    if len(set(recorded.values())) > 1:
+        listed = "; ".join(f"{key}: {value}" for key, value in recorded.items())
+        raise EvaluationError(f"{whose} evaluated with different {what} ({listed}): {fix}")
+
+
+def _tolerance_text(tolerances: tuple[tuple[str, float], ...] | dict[str, float] | None) -> str:
+    if not tolerances:
+        return "not recorded"
+    return " ".join(f"{name}={mm:g}" for name, mm in dict(tolerances).items()) + " mm"
 
 
 def _case_means(repeats: list[dict[str, float]]) -> dict[str, float]:
@@ -155,13 +189,12 @@ def compare_runs(runs: list[Run], baseline: str, teacher: str | None = None) -> 
         )
     if teacher is not None and teacher not in names:
         raise EvaluationError(f"no run named '{teacher}' (runs: {', '.join(names)}): pass --teacher NAME")
-    tolerances = {r.tolerance_mm for r in runs}
-    if len(tolerances) > 1:
-        raise EvaluationError(
-            "runs were evaluated with different NSD tolerances ("
-            + ", ".join(f"{r.name}: {r.tolerance_mm}" for r in runs)
-            + "): evaluate them all with the same --tolerance-mm"
-        )
+    _require_one(
+        "surface metrics",
+        {r.name: r.surface_metrics for r in runs},
+        EVALUATE_AGAIN + ", so one definition serves every row",
+    )
+    _require_one("NSD tolerances", {r.name: _tolerance_text(r.tolerances_mm) for r in runs}, SAME_TOLERANCE)
     classes = list(runs[0].values)
     for run in runs[1:]:
         if set(run.values) != set(classes):
@@ -212,14 +245,17 @@ def _header(metric: str, tolerance_mm: float | None) -> str:
     return metric + (f" ({UNITS[metric]})" if metric in UNITS else "")
 
 
-def format_markdown(rows: list[dict], baseline: str, teacher: str | None, tolerance_mm: float | None = None) -> str:
-    """Per class: a table of mean ± std, then a table of Δ to the baseline (p, gap recovered)."""
+def format_markdown(
+    rows: list[dict], baseline: str, teacher: str | None, tolerances_mm: dict[str, float] | None = None
+) -> str:
+    """Per class: a table of mean ± std, then a table of Δ to the baseline (p, gap recovered); NSD's header
+    names the class's tolerance."""
     out = []
     for cls in dict.fromkeys(r["class"] for r in rows):
         own = [r for r in rows if r["class"] == cls]
         runs = list(dict.fromkeys(r["run"] for r in own))
         cell = {(r["run"], r["metric"]): r for r in own}
-        head = [_header(m, tolerance_mm) for m in COMPARED]
+        head = [_header(m, (tolerances_mm or {}).get(cls)) for m in COMPARED]
         out.append(f"### {cls}\n")
         out.append("| run | repeats × cases | " + " | ".join(head) + " |")
         out.append("|---|---|" + "---|" * len(head))

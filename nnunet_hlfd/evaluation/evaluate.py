@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -21,13 +22,15 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_hlfd.errors import EvaluationError
-from nnunet_hlfd.evaluation.metrics import DEFAULT_TOLERANCE_MM, METRICS, mask_metrics
+from nnunet_hlfd.evaluation.metrics import DEFAULT_TOLERANCE_MM, METRICS, SURFACE_DEFINITION, mask_metrics
 from nnunet_hlfd.files import write_csv, write_text
 from nnunet_hlfd.grid import grid_differences
 
 PER_CASE_FILE = "metrics_per_case.csv"
 SUMMARY_FILE = "metrics_summary.json"
 GEOMETRY_TOLERANCE = 1e-3
+# NSD tolerances as given: one value for every label/region (the key None), NAME=MM for some, or both.
+ToleranceSpec = float | Mapping[str | None, float]
 CSV_COLUMNS = ("case", "class", "label_or_region", *METRICS, "prediction_voxels", "reference_voxels")
 
 
@@ -68,6 +71,52 @@ def _label_or_region(value) -> int | tuple[int, ...]:
     if isinstance(value, (list, tuple)):
         return tuple(int(v) for v in value) if len(value) > 1 else int(value[0])
     return int(value)
+
+
+def parse_tolerances(items: Sequence[str]) -> dict[str | None, float]:
+    """``--tolerance-mm`` values: one bare ``MM`` for every label/region, ``NAME=MM`` pairs, or both (the bare
+    value then serves the labels/regions not named), e.g. ``kidney=1.0331 masses=1.1329 tumor=1.1498``."""
+    parsed: dict[str | None, float] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        key = name if sep else None
+        if sep and not name:
+            raise EvaluationError(f"--tolerance-mm '{item}': NAME=MM needs the label/region's name before '='")
+        if key in parsed:
+            what = f"'{key}'" if key else "a value for every label/region"
+            raise EvaluationError(f"--tolerance-mm gives {what} twice: give each once")
+        try:
+            parsed[key] = float(value)
+        except ValueError:
+            raise EvaluationError(
+                f"--tolerance-mm '{item}': '{value}' is not a number of mm; give MM (all labels/regions) or NAME=MM, "
+                "and put --tolerance-mm after the folders"
+            ) from None
+    return parsed
+
+
+def resolve_tolerances(spec: ToleranceSpec, task: Task) -> dict[str, float]:
+    """Label/region name -> NSD tolerance (mm), every target of ``task`` given a finite, positive tolerance."""
+    spec = {None: spec} if isinstance(spec, (int, float)) else dict(spec)
+    names = [t.name for t in task.targets]
+    unknown = sorted(k for k in spec if k is not None and k not in names)
+    if unknown:
+        raise EvaluationError(
+            f"--tolerance-mm names {', '.join(unknown)}, which dataset.json does not define: the labels/regions are "
+            f"{', '.join(names)}"
+        )
+    for key, value in spec.items():
+        if not (math.isfinite(value) and value > 0):
+            raise EvaluationError(
+                f"--tolerance-mm {key + '=' if key else ''}{value}: a tolerance must be a finite distance > 0 mm"
+            )
+    missing = [n for n in names if n not in spec and None not in spec]
+    if missing:
+        raise EvaluationError(
+            f"--tolerance-mm gives no tolerance for {', '.join(missing)}: add NAME=MM for each, or one bare MM for "
+            "the labels/regions not named"
+        )
+    return {n: float(spec.get(n, spec.get(None))) for n in names}
 
 
 def find_dataset_json(predictions: Path, references: Path, dataset_json: str | os.PathLike | None) -> Path:
@@ -149,7 +198,7 @@ def check_grids(pairs: dict[str, tuple[Path, Path]], tolerance: float = GEOMETRY
 
 
 def evaluate_case(
-    case: str, prediction_file: Path, reference_file: Path, task: Task, tolerance_mm: float
+    case: str, prediction_file: Path, reference_file: Path, task: Task, tolerances_mm: Mapping[str, float]
 ) -> list[dict]:
     """One row per label/region of one case."""
     prediction_image, reference_image = sitk.ReadImage(str(prediction_file)), sitk.ReadImage(str(reference_file))
@@ -172,7 +221,7 @@ def evaluate_case(
             region_or_label_to_mask(prediction, target.value),
             region_or_label_to_mask(reference, target.value),
             spacing,
-            tolerance_mm,
+            tolerances_mm[target.name],
             ignore,
         )
         rows.append({"case": case, "class": target.name, "label_or_region": target.key, **metrics})
@@ -232,19 +281,21 @@ def evaluate_folder(
     references: str | os.PathLike,
     dataset_json: str | os.PathLike | None = None,
     output: str | os.PathLike | None = None,
-    tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+    tolerance_mm: ToleranceSpec = DEFAULT_TOLERANCE_MM,
     num_processes: int = 1,
     chill: bool = False,
     progress: bool = True,
 ) -> dict:
     """Evaluate, write ``metrics_per_case.csv`` and ``metrics_summary.json`` into ``output`` (default: the
-    predictions folder) and return the summary."""
+    predictions folder) and return the summary. ``tolerance_mm``: NSD's tolerance for every label/region, or per
+    name (see :func:`parse_tolerances`)."""
     predictions, references = Path(predictions), Path(references)
     dataset_json_file = find_dataset_json(predictions, references, dataset_json)
     task = read_task(json.loads(dataset_json_file.read_text()))
+    tolerances = resolve_tolerances(tolerance_mm, task)
     pairs = pair_cases(predictions, references, task.file_ending, chill)
     check_grids(pairs)
-    jobs = [(case, p, r, task, tolerance_mm) for case, (p, r) in pairs.items()]
+    jobs = [(case, p, r, task, tolerances) for case, (p, r) in pairs.items()]
     bar = dict(total=len(jobs), desc="evaluate", unit="case", disable=not progress)
     if num_processes > 1:
         with ProcessPoolExecutor(num_processes, mp_context=get_context("spawn")) as pool:
@@ -256,7 +307,8 @@ def evaluate_folder(
         "predictions": str(predictions.resolve()),
         "references": str(references.resolve()),
         "dataset_json": str(dataset_json_file.resolve()),
-        "nsd_tolerance_mm": tolerance_mm,
+        "surface_metrics": SURFACE_DEFINITION,
+        "nsd_tolerance_mm": tolerances,
         "num_cases": len(pairs),
         **summarize(rows, task),
     }

@@ -6,12 +6,21 @@ Overlap (A = prediction, B = reference, |.| = voxel count; every voxel has the s
 - VOE  = 1 − |A∩B| / |A∪B|            (volumetric overlap error = 1 − IoU)
 - RVD  = (|A| − |B|) / |B|             (relative volume difference, signed: > 0 is over-segmentation)
 
-Surface (from MONAI's exact Euclidean distances between the two masks' boundary voxels, scaled by the
-voxel spacing; A→B and B→A):
+Surface, by the normalised surface Dice's definition (Nikolov et al. 2018, DeepMind's ``surface-distance``
+package, the KiTS21/23 and Medical Segmentation Decathlon evaluations): each mask's surface is made of surface
+elements between voxels (marching-cubes faces, line segments in 2D), each weighted by its area (its length in
+2D); MONAI's ``get_mask_edges`` with the spacing builds them from DeepMind's lookup tables, and each element's
+distance to the other surface is exact and Euclidean in mm (A→B and B→A):
 
-- HD95 = max(95th percentile of d(A→B), 95th percentile of d(B→A))    [mm]
-- ASSD = mean of all d(A→B) and d(B→A) together                        [mm]
-- NSD  = share of boundary voxels of both masks within ``tolerance_mm`` of the other boundary
+- HD95 = max(area-weighted 95th percentile of d(A→B), of d(B→A))       [mm]
+- ASSD = area-weighted mean of all d(A→B) and d(B→A) together          [mm]
+- NSD  = area of both surfaces within the tolerance of the other surface / area of both surfaces
+
+Every surface metric of a report uses this one definition (:data:`SURFACE_DEFINITION`, recorded in each
+summary). The same numbers: ``surface_distance.compute_surface_dice_at_tolerance`` (NSD),
+``compute_robust_hausdorff(…, 95)`` (HD95), and ``compute_average_surface_distance``'s two directed means
+weighted by each surface's total area (ASSD); MONAI's ``compute_surface_dice(use_subvoxels=True)`` gives NSD to
+float32 precision. Boundary-voxel definitions (MONAI's default edges, medpy) give other numbers.
 
 Empty masks have explicit values, so no NaN ever reaches a mean:
 
@@ -31,16 +40,16 @@ says over how many cases each mean is taken).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 METRICS = ("Dice", "VOE", "RVD", "HD95", "ASSD", "NSD")
 HIGHER_IS_BETTER = {"Dice": True, "VOE": False, "RVD": None, "HD95": False, "ASSD": False, "NSD": True}
 UNITS = {"HD95": "mm", "ASSD": "mm"}
 DEFAULT_TOLERANCE_MM = 1.0
+SURFACE_DEFINITION = "surface elements (Nikolov et al. 2018)"
 
 
 def overlap_metrics(prediction: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -61,30 +70,50 @@ def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
     return float(np.linalg.norm(np.asarray(shape, dtype=np.float64) * np.asarray(spacing, dtype=np.float64)))
 
 
-def boundary_distances(
-    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Distances (mm) from each boundary voxel of ``prediction`` to ``reference``'s boundary, and back.
+@dataclass(frozen=True)
+class SurfaceDistances:
+    """The surface elements of both masks: each one's distance (mm) to the other surface, and its area (mm²; mm
+    for a 2D case)."""
 
-    Both masks must be non-empty. MONAI extracts the boundaries (mask minus its erosion) and measures exact
-    Euclidean distances with the spacing; 2D masks (one slice of a 3D image) work the same way.
+    to_reference: np.ndarray  # from each element of the prediction's surface
+    prediction_areas: np.ndarray
+    to_prediction: np.ndarray  # from each element of the reference's surface
+    reference_areas: np.ndarray
+
+
+def surface_distances(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> SurfaceDistances:
+    """Surface elements of two non-empty boolean masks on a grid of ``spacing`` (mm), and their distances.
+
+    A 2D case stored as 1 x H x W is measured in its plane (contour lengths), as a 2D image would be. MONAI
+    builds the elements; the distances are computed here in float64 (MONAI returns them as float32, which could
+    move a distance across the tolerance).
     """
-    from monai.metrics.utils import get_edge_surface_distance
+    from monai.metrics.utils import get_mask_edges
+    from scipy.spatial import KDTree
 
-    squeeze = [i for i, s in enumerate(prediction.shape) if s == 1]  # a 2D case stored as 1 x H x W
-    keep = [i for i in range(prediction.ndim) if i not in squeeze]
-    prediction, reference = (np.squeeze(m, axis=tuple(squeeze)) for m in (prediction, reference))
-    spacing = [float(spacing[i]) for i in keep]
-    with warnings.catch_warnings():  # MONAI 1.5-1.6 warn about an argument their own code passes
-        warnings.simplefilter("ignore", FutureWarning)
-        _, (to_reference, to_prediction), _ = get_edge_surface_distance(
-            torch.from_numpy(np.ascontiguousarray(prediction)),
-            torch.from_numpy(np.ascontiguousarray(reference)),
-            spacing=spacing,
-            symmetric=True,
-            warn_empty=False,
-        )
-    return to_reference.double().numpy(), to_prediction.double().numpy()
+    squeeze = tuple(i for i, s in enumerate(prediction.shape) if s == 1)
+    spacing = [float(s) for i, s in enumerate(spacing) if i not in squeeze]
+    prediction, reference = (np.ascontiguousarray(np.squeeze(m, axis=squeeze)) for m in (prediction, reference))
+    edges_prediction, edges_reference, areas_prediction, areas_reference = get_mask_edges(
+        prediction, reference, crop=True, spacing=spacing
+    )
+    scale = np.asarray(spacing, dtype=np.float64)
+    points_prediction = np.argwhere(edges_prediction).astype(np.float64) * scale
+    points_reference = np.argwhere(edges_reference).astype(np.float64) * scale
+    return SurfaceDistances(
+        to_reference=KDTree(points_reference).query(points_prediction)[0],
+        prediction_areas=np.asarray(areas_prediction, dtype=np.float64)[edges_prediction],
+        to_prediction=KDTree(points_prediction).query(points_reference)[0],
+        reference_areas=np.asarray(areas_reference, dtype=np.float64)[edges_reference],
+    )
+
+
+def area_weighted_percentile(distances: np.ndarray, areas: np.ndarray, percent: float) -> float:
+    """The smallest distance below which ``percent`` % of the surface area lies (DeepMind's robust Hausdorff)."""
+    order = np.argsort(distances, kind="stable")
+    cumulative = np.cumsum(areas[order]) / areas.sum()
+    index = min(int(np.searchsorted(cumulative, percent / 100.0)), len(distances) - 1)
+    return float(distances[order][index])
 
 
 def surface_metrics(
@@ -100,12 +129,16 @@ def surface_metrics(
     if not (has_prediction and has_reference):
         worst = image_diagonal_mm(reference.shape, spacing)
         return {"HD95": worst, "ASSD": worst, "NSD": 0.0}
-    to_reference, to_prediction = boundary_distances(prediction, reference, spacing)
-    both = np.concatenate([to_reference, to_prediction])
+    s = surface_distances(prediction, reference, spacing)
+    distances = np.concatenate([s.to_reference, s.to_prediction])
+    areas = np.concatenate([s.prediction_areas, s.reference_areas])
     return {
-        "HD95": float(max(np.percentile(to_reference, 95), np.percentile(to_prediction, 95))),
-        "ASSD": float(both.mean()),
-        "NSD": float((both <= tolerance_mm).mean()),
+        "HD95": max(
+            area_weighted_percentile(s.to_reference, s.prediction_areas, 95),
+            area_weighted_percentile(s.to_prediction, s.reference_areas, 95),
+        ),
+        "ASSD": float((distances * areas).sum() / areas.sum()),
+        "NSD": float(areas[distances <= tolerance_mm].sum() / areas.sum()),
     }
 
 
