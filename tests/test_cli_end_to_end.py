@@ -36,6 +36,13 @@ def snapshot(folder: Path) -> dict:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
 
 
+def perturb_weights(checkpoint_file: Path) -> None:
+    """Another teacher checkpoint: the same network, other weights."""
+    t = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    t["network_weights"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in t["network_weights"].items()}
+    torch.save(t, checkpoint_file)
+
+
 def interrupt_after_first_epoch(fold: Path) -> None:
     """Make a finished run look like one that crashed after epoch 0 had been checkpointed."""
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -108,6 +115,14 @@ def test_hlfd_trains_predicts_without_teacher_and_evaluates(pipeline, tmp_path):
     # predicting never needs the teacher: point the teacher variable at nothing
     env = dict(pipeline, nnUNet_hlfd_teacher=str(tmp_path / "no_teacher_here"))
     predict(env, trainer, tmp_path / "pred")
+    # nor does validating the finished student again; training it again without --c is refused, nothing touched
+    (fold / "validation" / "summary.json").unlink()
+    train(env, trainer, "--val")
+    assert (fold / "validation" / "summary.json").is_file()
+    final = (fold / "checkpoint_final.pth").read_bytes()
+    again = train(pipeline, trainer, check=False)
+    assert again.returncode != 0 and "holds a finished student" in again.stderr
+    assert (fold / "checkpoint_final.pth").read_bytes() == final
     summary = evaluate(pipeline, trainer, tmp_path / "pred")
     assert set(summary["mean"]) == {"1", "2"}
     assert all(0.0 <= summary["metric_per_case"][0]["metrics"][k]["Dice"] <= 1.0 for k in ("1", "2"))
@@ -130,9 +145,11 @@ def test_adapters_are_saved_and_resume_uses_the_recorded_teacher(pipeline, tmp_p
     saved = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["distillation"]
     assert saved["adapters"] and all(k.startswith("heads.") for k in saved["adapters"])
 
-    # --c with another teacher requested: refused, nothing changed
-    other = dict(pipeline, nnUNet_hlfd_teacher=str(model_folder(pipeline, TEACHER)))
-    result = train(other, trainer, "--c", check=False)
+    # --c with another teacher (another checkpoint) requested: refused, nothing changed
+    another = tmp_path / "another_teacher" / f"{TEACHER}__nnUNetPlans__{CONFIG}"
+    shutil.copytree(copy_of_teacher, another)
+    perturb_weights(another / "fold_0" / "checkpoint_final.pth")
+    result = train(dict(pipeline, nnUNet_hlfd_teacher=str(another)), trainer, "--c", check=False)
     assert result.returncode != 0 and "This run was started with the teacher" in result.stderr
 
     # the adapters come back exactly (in-process: load the checkpoint into a fresh trainer)
@@ -151,17 +168,23 @@ def test_adapters_are_saved_and_resume_uses_the_recorded_teacher(pipeline, tmp_p
     assert resumed.current_epoch == 1 and len(resumed.logger.local_logger.my_fantastic_logging["kd_total"]) == 1
     del resumed
 
-    # --c without naming a teacher: resumes with the recorded one and finishes epoch 1
-    train(pipeline, trainer, "--c")
+    # the teacher moves (a remounted disk): --c names the recorded place; pointed at the new one, the same
+    # checkpoint (same sha256) resumes and finishes epoch 1, and the new place is recorded
+    moved = tmp_path / "new_disk" / copy_of_teacher.name
+    moved.parent.mkdir()
+    copy_of_teacher.rename(moved)
+    result = train(pipeline, trainer, "--c", check=False)
+    assert result.returncode != 0 and f"is gone: {copy_of_teacher}" in result.stderr
+    train(dict(pipeline, nnUNet_hlfd_teacher=str(moved)), trainer, "--c")
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 2 and len(final["logging"]["kd_total"]) == 2
-    assert final["distillation"]["teacher"]["model_folder"] == str(copy_of_teacher)
+    assert final["distillation"]["teacher"]["model_folder"] == str(moved)
+    assert json.loads((fold / "hlfd_teacher.json").read_text())["spec"]["model_folder"] == str(moved)
+    log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert f"the same checkpoint as recorded at {copy_of_teacher}/fold_0/checkpoint_final.pth, moved" in log
 
     # a teacher that changed since: resuming is refused
     interrupt_after_first_epoch(fold)
-    teacher_ckpt = copy_of_teacher / "fold_0" / "checkpoint_final.pth"
-    t = torch.load(teacher_ckpt, map_location="cpu", weights_only=False)
-    t["network_weights"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in t["network_weights"].items()}
-    torch.save(t, teacher_ckpt)
+    perturb_weights(moved / "fold_0" / "checkpoint_final.pth")
     result = train(pipeline, trainer, "--c", check=False)
     assert result.returncode != 0 and "has changed since this student was trained from it" in result.stderr

@@ -4,7 +4,11 @@ import gzip
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,13 +77,16 @@ def tree_digest(folder: Path) -> dict[str, str]:
 # KiTS with the challenges' real label maps (images built on exactly the label's grid)
 
 
-def real_kits_layout(tmp_path: Path, challenge: str, cases: list[str], subfolder: str, test_cases=()) -> Path:
+def real_kits_layout(tmp_path: Path, challenge: str, cases: list[str], subfolder: str, test_cases=None) -> Path:
+    """Real label maps with images on their grids; ``test_cases`` {test id: real case whose grid it takes} get
+    an image only, as the challenge's test cases."""
     source = shared_data(challenge)
     root = tmp_path / challenge
-    for case in list(cases) + list(test_cases):
+    grids = {case: case for case in cases} | dict(test_cases or {})
+    for case, grid_of in grids.items():
         folder = root / subfolder / case
         folder.mkdir(parents=True)
-        label = sitk.ReadImage(str(source / case / "segmentation.nii.gz"))
+        label = sitk.ReadImage(str(source / grid_of / "segmentation.nii.gz"))
         image = sitk.GetImageFromArray(image_for(sitk.GetArrayViewFromImage(label)))
         image.CopyInformation(label)
         sitk.WriteImage(image, str(folder / "imaging.nii.gz"), useCompression=True)
@@ -89,8 +96,8 @@ def real_kits_layout(tmp_path: Path, challenge: str, cases: list[str], subfolder
 
 
 def test_kits19_real_labels_with_a_test_case(tmp_path):
-    # Three of the smallest KiTS19 cases; case_00030 plays a test case (imaging only, as 210-299 are).
-    root = real_kits_layout(tmp_path, "kits19", ["case_00038", "case_00021"], "data", test_cases=["case_00030"])
+    # Three of the smallest KiTS19 cases; case_00030's grid plays the test case 210 (imaging only, as 210-299 are).
+    root = real_kits_layout(tmp_path, "kits19", ["case_00038", "case_00021"], "data", {"case_00210": "case_00030"})
     out = tmp_path / "raw"
     out.mkdir()
     summary = convert("kits19", root, out, verify=True)
@@ -106,8 +113,8 @@ def test_kits19_real_labels_with_a_test_case(tmp_path):
         assert_same_geometry(ds / "imagesTr" / f"{case}_0000.nii.gz", src / "imaging.nii.gz")
         np.testing.assert_array_equal(array(ds / "labelsTr" / f"{case}.nii.gz"), array(src / "segmentation.nii.gz"))
     assert geometry(ds / "labelsTr" / "case_00038.nii.gz")[3] == DIRECTION  # KiTS's own direction, not reoriented
-    assert (ds / "imagesTs" / "case_00030_0000.nii.gz").is_file()
-    assert not (ds / "labelsTr" / "case_00030.nii.gz").exists()
+    assert (ds / "imagesTs" / "case_00210_0000.nii.gz").is_file()
+    assert not (ds / "labelsTr" / "case_00210.nii.gz").exists()
     assert [p.name for p in out.iterdir()] == ["Dataset040_KiTS19"]  # no temporary folder left
 
 
@@ -423,3 +430,75 @@ def test_cli_converts_with_workers_and_reports_errors(tmp_path):
         ["nnunet_hlfd", "convert", "kits19", str(root), "--task", "tumor"], capture_output=True, text=True, env=env
     )
     assert bad.returncode == 2 and "already exists. Pass --overwrite" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"dataset_id": 0}, "Dataset id 0 is outside nnU-Net's range 1-999"),
+        ({"name": ""}, "Dataset name '': use letters, digits"),
+        ({"tolerance": float("inf")}, "--tolerance inf: the geometry tolerance must be a finite number ≥ 0"),
+        ({"tolerance": -1.0}, "--tolerance -1.0: the geometry tolerance must be a finite number ≥ 0"),
+    ],
+)
+def test_options_that_used_to_be_taken_silently_are_refused(tmp_path, options, message):
+    root = small_kits19(tmp_path / "kits19", n=1)
+    with pytest.raises(ConversionError, match=re.escape(message)):
+        convert("kits19", root, tmp_path / "raw", **options)
+    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
+
+
+def test_a_kits19_training_case_without_its_label_is_not_made_a_test_case(tmp_path):
+    root = small_kits19(tmp_path / "kits19", n=2)
+    (root / "data" / "case_00001" / "segmentation.nii.gz").unlink()
+    with pytest.raises(ConversionError, match=r"case_00001: segmentation.nii.gz is missing; fix: download the case"):
+        convert("kits19", root, tmp_path)
+    (root / "data" / "case_00001").rename(root / "data" / "case_00210")  # the challenge's test range: 210-299
+    summary = convert("kits19", root, tmp_path)
+    assert (summary.training, summary.test) == (1, 1)
+
+
+def test_an_interrupted_overwrite_is_recovered_by_the_next_run(tmp_path, capsys):
+    root = small_kits19(tmp_path / "kits19", n=2)
+    convert("kits19", root, tmp_path)
+    ds = tmp_path / "Dataset040_KiTS19"
+    # killed between setting the old dataset aside and moving the new one in: only the hidden copy holds it
+    hidden = tmp_path / ".Dataset040_KiTS19.replaced-0123abcd"
+    ds.rename(hidden)
+    with pytest.raises(ConversionError, match="already exists. Pass --overwrite"):
+        convert("kits19", root, tmp_path)
+    assert f"restored {ds} from {hidden}" in capsys.readouterr().out
+    assert (ds / "dataset.json").is_file() and not hidden.exists()
+    # killed while deleting the replaced copy (the new dataset is in place): the copy is removed, and said so
+    shutil.copytree(ds, hidden)
+    convert("kits19", root, tmp_path, overwrite=True)
+    assert f"removed {hidden}" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset040_KiTS19", "kits19"]
+
+
+def test_pool_workers_end_with_a_killed_parent(tmp_path):
+    """The converter's workers are spawned with exit_with_parent: after a SIGKILL of the parent they end."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import get_context\n"
+        "from nnunet_hlfd.conversion.core import exit_with_parent\n"
+        "import os\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(2, mp_context=get_context('spawn'), initializer=exit_with_parent)\n"
+        "    futures = [pool.submit(time.sleep, 600) for _ in range(2)]\n"
+        "    time.sleep(5)\n"
+        "    print(' '.join(str(p) for p in pool._processes), flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    workers = [int(p) for p in parent.stdout.readline().split()]
+    assert len(workers) == 2 and all(Path(f"/proc/{p}").exists() for p in workers)
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.2)
+    alive = [p for p in workers if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text()]
+    assert not alive, f"workers {alive} outlived their killed parent"

@@ -4,6 +4,7 @@ import contextlib
 import csv
 import io
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -143,6 +144,21 @@ def test_visualize_contours_attention_and_training(demo, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_code:
         nnunet_hlfd("visualize", "attention", found["hlfd"], "-i", raw / "imagesTs", "--case", "nope")
     assert exit_code.value.code == 2 and "case nope has no image" in capsys.readouterr().err
+
+    # images cut short (a killed copy): refused by every command that reads them, not read as zeros
+    cut = tmp_path / "cut_images"
+    shutil.copytree(raw / "imagesTs", cut)
+    for image in cut.glob("*.nii.gz"):
+        image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    for command in (
+        ("visualize", "cases", f"hlfd={predictions['hlfd']}", "-i", cut, "-r", raw / "labelsTs", "--cases",
+         "case_006", "-o", tmp_path),
+        ("visualize", "attention", found["hlfd"], "-i", cut, "--case", "case_006", "-o", tmp_path),
+        ("efficiency", found["student"], "-i", cut, "--repeats", "1", "--device", "cpu", "-o", tmp_path),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_code:
+            nnunet_hlfd(*command)
+        assert exit_code.value.code == 2 and "_0000.nii.gz is corrupt" in capsys.readouterr().err, command[:2]
 
 
 def test_multi_teacher_student_of_limit_trained_teachers(demo, monkeypatch):

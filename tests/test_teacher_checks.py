@@ -2,6 +2,8 @@
 
 import copy
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,148 @@ def test_student_baseline_is_derived_from_an_existing_teacher_configuration(env)
     trainer = make_student(trainer=nnUNetTrainerStudent)
     assert trainer.configuration_manager.patch_size == [16, 64, 64] and trainer.configuration_manager.batch_size == 4
     assert trainer.plans_manager.plans["configurations"]["3d_fullres"]["hlfd"]["derived_from"].endswith("plans.json")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"width": "half"}, "\"width\": 'half' is not valid: a number in (0, 1]"),
+        ({"width": None}, '"width": None is not valid: a number in (0, 1]'),
+        ({"width": 1.5}, '"width": 1.5 is not valid'),
+        ({"n_conv_per_stage": 0}, '"n_conv_per_stage": 0 is not valid: null (as the teacher), a whole number ≥ 1'),
+        ({"alpha": -1}, '"alpha": -1.0 is not valid: a loss weight ≥ 0'),
+        ({"unified_weight": -0.5}, '"unified_weight": -0.5 is not valid: a loss weight ≥ 0'),
+        ({"temperature": 0}, '"temperature": 0.0 is not valid: a number > 0'),
+        ({"temperature": "4"}, "\"temperature\": '4' is not valid: a finite number"),
+        ({"beta": None}, '"beta": None is not valid: a finite number'),
+        ({"plfd_heads": "foo"}, "plfd_heads must be one of ('deep_supervision', 'adapters'), got 'foo'"),
+        ({"rampup_fraction": 1}, "rampup_fraction must be in [0, 1), got 1.0"),
+        ({"teacher_trainer": ""}, "\"teacher_trainer\": '' is not valid: a non-empty string"),
+    ],
+)
+def test_bad_option_values_are_refused_before_anything_is_written(env, options, message):
+    """Each value names its plans-block key, the value and what is valid; `alpha: -1` used to train."""
+    write_teacher(env, tiny_plans(), TINY_DATASET_JSON)
+    plans = tiny_plans()
+    plans["configurations"]["3d_fullres"]["hlfd"] = options
+    refuse(env, OptionError, re.escape(message), plans=plans)
+
+
+def test_a_teacher_plans_file_that_is_not_json_is_named(env):
+    model = write_teacher(env, tiny_plans(), TINY_DATASET_JSON)
+    (model / "plans.json").write_text('{"configurations": ')  # cut by a full disk
+    refuse(env, TeacherNotFoundError, re.escape(f"The teacher's {model / 'plans.json'} is not valid JSON"))
+
+
+def test_a_configuration_the_plans_do_not_have_is_named_by_every_trainer(env):
+    from nnunet_hlfd.trainers.schedules import nnUNetTrainerHLFD_debug
+
+    write_teacher(env, tiny_plans(), TINY_DATASET_JSON)
+    for trainer in (nnUNetTrainerHLFD, nnUNetTrainerHLFD_debug):
+        with pytest.raises(RuntimeError, match=re.escape("configuration 2d not found in plans. Available configu")):
+            trainer(tiny_plans(), "2d", 0, copy.deepcopy(TINY_DATASET_JSON), torch.device("cpu"))
+
+
+def test_checkpoints_are_written_whole_or_not_at_all(env, tmp_path, monkeypatch):
+    """A kill after nnU-Net's part of the checkpoint (before the distillation state is in) leaves the previous
+    complete checkpoint, not one without adapters that --c would refuse."""
+    write_teacher(env, tiny_plans(), TINY_DATASET_JSON)
+    data = tmp_path / "preprocessed" / DATASET / "nnUNetPlans_3d_fullres"
+    data.mkdir(parents=True)
+    (data / "case.b2nd").touch()  # initialize() only asks for the file format; no data is read
+    trainer = make_student()
+    trainer.initialize()
+    path = tmp_path / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(path))
+    complete = path.read_bytes()
+    state = torch.load(path, map_location="cpu", weights_only=False)["distillation"]
+    assert state["teacher"]["sha256"] == trainer.teacher_models[0].sha256
+
+    save, calls = torch.save, []
+
+    def killed_after_the_first_write(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", killed_after_the_first_write)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(str(path))
+    assert path.read_bytes() == complete
+    assert not list(tmp_path.glob(".partial*"))
+
+
+def record_teacher(results: Path, model_folder: str, sha256: str) -> None:
+    """hlfd_teacher.json as a distillation run writes it, for a teacher once at ``model_folder``."""
+    fold_folder = student_folder(results) / "fold_0"
+    fold_folder.mkdir(parents=True)
+    spec = {"model_folder": model_folder, "fold": "0", "checkpoint_name": "checkpoint_final.pth", "source": "default"}
+    entry = {"spec": spec, "teacher": {**spec, "sha256": sha256}}
+    (fold_folder / "hlfd_teacher.json").write_text(json.dumps({**entry, "teachers": [entry]}))
+
+
+def test_a_moved_teacher_with_the_recorded_checkpoint_resumes(env, monkeypatch):
+    from nnunet_hlfd.teacher import file_sha256
+
+    model = write_teacher(env, tiny_plans(), TINY_DATASET_JSON, folder="MyTeacher__nnUNetPlans__3d_fullres")
+    old_place = "/mnt/old_disk/nnUNet_results/Dataset990_HLFDSynthetic/MyTeacher__nnUNetPlans__3d_fullres"
+    record_teacher(env, old_place, file_sha256(model / "fold_0" / "checkpoint_final.pth"))
+    # not pointed at: the recorded place is named, and how to point at the new one
+    before = snapshot(env)
+    with pytest.raises(TeacherNotFoundError, match=r"is gone: /mnt/old_disk/.*point nnUNet_hlfd_teacher at its new"):
+        make_student(continue_training=True)
+    assert snapshot(env) == before
+    monkeypatch.setenv("nnUNet_hlfd_teacher", str(model))
+    trainer = make_student(continue_training=True)
+    assert trainer.teacher_spec.model_folder == str(model)
+    assert f"the same checkpoint as recorded at {old_place}/fold_0/checkpoint_final.pth, moved" in (
+        trainer.teacher_spec.source
+    )
+
+
+def test_a_teacher_at_a_new_place_with_another_checkpoint_is_refused(env, monkeypatch):
+    model = write_teacher(env, tiny_plans(), TINY_DATASET_JSON, folder="MyTeacher__nnUNetPlans__3d_fullres")
+    record_teacher(env, "/mnt/old_disk/teacher", "0" * 64)
+    monkeypatch.setenv("nnUNet_hlfd_teacher", str(model))
+    before = snapshot(env)
+    with pytest.raises(OptionError, match="its checkpoint is another one"):
+        make_student(continue_training=True)
+    assert snapshot(env) == before
+
+
+def test_a_finished_student_validates_without_its_teacher_and_is_not_retrained_by_accident(env, tmp_path, monkeypatch):
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+
+    from nnunet_hlfd.trainers.distillation import OVERWRITE_ENV
+
+    teacher = write_teacher(env, tiny_plans(), TINY_DATASET_JSON)
+    data = tmp_path / "preprocessed" / DATASET / "nnUNetPlans_3d_fullres"
+    data.mkdir(parents=True)
+    (data / "case.b2nd").touch()  # initialize() only asks for the file format; no data is read
+    trained = make_student()
+    trained.initialize()
+    fold = student_folder(env) / "fold_0"
+    trained.save_checkpoint(str(fold / "checkpoint_final.pth"))
+    save_json(trained.plans_manager.plans, str(fold.parent / "plans.json"))  # as nnU-Net's on_train_start does
+    weights = {k: v.clone() for k, v in trained.network.state_dict().items()}
+    del trained
+    shutil.rmtree(teacher)  # the teacher is gone (moved, deleted, another machine)
+
+    # nnUNetv2_train --val: the recorded student plan, no teacher, the student's weights
+    validating = make_student()
+    assert validating.teacher_models == [] and validating.configuration_manager.network_arch_init_kwargs[
+        "features_per_stage"
+    ] == [4, 8, 16, 32]
+    validating.initialize()
+    validating.load_checkpoint(str(fold / "checkpoint_final.pth"))
+    assert all(torch.equal(validating.network.state_dict()[k], v) for k, v in weights.items())
+    # nnUNetv2_train without --c over it: refused before anything of it is touched
+    before = snapshot(fold)
+    with pytest.raises(OptionError, match=r"holds a finished student .*add --val.*nnUNet_hlfd_overwrite=1"):
+        validating.on_train_start()
+    assert snapshot(fold) == before
+    # asked for: the run is an ordinary new training, which needs its teacher
+    monkeypatch.setenv(OVERWRITE_ENV, "1")
+    with pytest.raises(TeacherNotFoundError):
+        make_student()

@@ -10,13 +10,14 @@ is never damaged.
 
 from __future__ import annotations
 
-import gzip
 import json
+import math
 import os
 import re
 import shutil
+import signal
+import sys
 import uuid
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_hlfd.grid import grid, grid_differences, same_grid_exactly
+from nnunet_hlfd.image_files import incomplete
 
 FILE_ENDING = ".nii.gz"
 # Absolute tolerance for image/label geometry: millimetres for spacing and origin, cosines for direction.
@@ -144,29 +146,11 @@ class ConversionSummary:
 # per-case work (runs in worker processes: module-level functions only)
 
 
-def _stored_bytes(path: Path) -> int:
-    """Bytes the file really holds once decompressed; raises on a broken gzip stream."""
-    if not path.name.endswith(".gz"):
-        return path.stat().st_size
-    n = 0
-    with gzip.open(path, "rb") as stream:
-        while chunk := stream.read(1 << 24):
-            n += len(chunk)
-    return n
-
-
 def check_complete(case_id: str, path: Path, what: str) -> None:
-    """Refuse a truncated file. SimpleITK reads a truncated .nii.gz without complaint and fills in zeros."""
-    import nibabel
-
-    try:
-        header = nibabel.load(path)
-        expected = int(header.dataobj.offset) + int(np.prod(header.shape)) * header.get_data_dtype().itemsize
-        stored = _stored_bytes(path)
-    except (EOFError, OSError, zlib.error, nibabel.filebasedimages.ImageFileError) as e:
-        raise CaseError(case_id, f"{what} file {path} is corrupt ({e})", RE_DOWNLOAD) from None
-    if stored < expected:
-        raise CaseError(case_id, f"{what} file {path} is truncated ({stored} of {expected} bytes)", RE_DOWNLOAD)
+    """Refuse a truncated or corrupt file (SimpleITK would read it and fill in zeros)."""
+    problem = incomplete(path)
+    if problem:
+        raise CaseError(case_id, f"{what} file {path} is {problem}", RE_DOWNLOAD)
 
 
 def _read(case_id: str, path: Path, what: str) -> sitk.Image:
@@ -308,6 +292,17 @@ def _check_cases(cases: Sequence[SourceCase], input_folder: Path) -> None:
         seen[case.case_id] = case
 
 
+def exit_with_parent() -> None:
+    """In a pool worker: end when the parent process dies (killed, even with SIGKILL), instead of converting on
+    for nobody (Linux; elsewhere workers end when they next ask for work)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the line above
+            os._exit(1)
+
+
 def _run_cases(
     cases: Sequence[SourceCase], spec: DatasetSpec, tmp: Path, num_processes: int, tolerance: float
 ) -> tuple[list[CaseReport], list[CaseError]]:
@@ -321,7 +316,7 @@ def _run_cases(
                 errors.append(e)
             progress.update()
     else:
-        with ProcessPoolExecutor(num_processes, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(num_processes, mp_context=get_context("spawn"), initializer=exit_with_parent) as pool:
             futures = [pool.submit(convert_case, case, spec, str(tmp), tolerance) for case in cases]
             for future in as_completed(futures):
                 try:
@@ -355,6 +350,18 @@ def _write_dataset_json(spec: DatasetSpec, folder: Path, n_train: int, n_test: i
         (folder / name).write_text(json.dumps(content, indent=1) + "\n")
 
 
+def _recover_interrupted_overwrite(destination: Path) -> None:
+    """A run killed during --overwrite's swap leaves the old dataset under a hidden name: put it back if the
+    swap had not happened yet (nothing else holds it), else remove it (the new dataset is in place). Said."""
+    for old in sorted(destination.parent.glob(f".{destination.name}.replaced-*")):
+        if destination.exists():
+            shutil.rmtree(old)
+            print(f"removed {old}: the copy of a dataset replaced by an interrupted --overwrite")
+        else:
+            os.replace(old, destination)
+            print(f"restored {destination} from {old}, set aside by an interrupted --overwrite")
+
+
 def _move_into_place(tmp: Path, destination: Path) -> None:
     """Swap ``tmp`` in; an existing dataset is set aside first and restored if the swap fails."""
     if not destination.exists():
@@ -382,9 +389,15 @@ def convert_dataset(
     tolerance: float = DEFAULT_GEOMETRY_TOLERANCE,
 ) -> ConversionSummary:
     """Convert ``cases`` into ``<output_root>/DatasetXXX_Name``; nothing appears there unless every case succeeded."""
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ConversionError(
+            f"--tolerance {tolerance}: the geometry tolerance must be a finite number ≥ 0 (mm for spacing and origin, "
+            f"cosine for direction; default {DEFAULT_GEOMETRY_TOLERANCE})"
+        )
     input_folder = Path(input_folder)
     root = resolve_output_root(output_root)
     destination = root.resolve() / spec.folder_name
+    _recover_interrupted_overwrite(destination)
     if destination.exists() and not overwrite:
         raise ConversionError(
             f"{destination} already exists. Pass --overwrite to replace it (the old dataset stays untouched until "

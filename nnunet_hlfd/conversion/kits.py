@@ -31,21 +31,21 @@ class KiTSChallenge:
     label_file: str
     source_values: tuple[int, ...]
     default_id: int
-    # KiTS19 ships its test cases (imaging only) in the same folder; the later challenges keep them hidden
-    image_only_is_test: bool
+    # KiTS19 ships its test cases (imaging only, these ids) in the same folder; the later challenges keep them hidden
+    test_ids: range | None
     get_imaging: str
 
 
 KITS19 = KiTSChallenge(
-    "KiTS19", "data", "segmentation.nii.gz", (0, 1, 2), 40, True,
+    "KiTS19", "data", "segmentation.nii.gz", (0, 1, 2), 40, range(210, 300),
     "run `python -m starter_code.get_imaging` in the kits19 repository",
 )  # fmt: skip
 KITS21 = KiTSChallenge(
-    "KiTS21", "data", "aggregated_MAJ_seg.nii.gz", (0, 1, 2, 3), 135, False,
+    "KiTS21", "data", "aggregated_MAJ_seg.nii.gz", (0, 1, 2, 3), 135, None,
     "run the kits21 repository's get_imaging script (see its README)",
 )  # fmt: skip
 KITS23 = KiTSChallenge(
-    "KiTS2023", "dataset", "segmentation.nii.gz", (0, 1, 2, 3), 220, False,
+    "KiTS2023", "dataset", "segmentation.nii.gz", (0, 1, 2, 3), 220, None,
     "run `kits23_download_data` from the kits23 repository",
 )  # fmt: skip
 
@@ -69,8 +69,8 @@ def discover_kits(challenge: KiTSChallenge, input_folder: str | os.PathLike) -> 
         image, label = folder / IMAGE_FILE, folder / challenge.label_file
         if image.is_file() and label.is_file():
             cases.append(SourceCase(folder.name, image, label))
-        elif image.is_file() and challenge.image_only_is_test:
-            cases.append(SourceCase(folder.name, image, None))
+        elif image.is_file() and challenge.test_ids is not None and int(folder.name[5:]) in challenge.test_ids:
+            cases.append(SourceCase(folder.name, image, None))  # a test case of the challenge: no label published
         elif image.is_file():
             problems.append(f"{folder.name}: {challenge.label_file} is missing; fix: download the case again")
         elif label.is_file():
@@ -96,8 +96,8 @@ def convert_kits(
     """Convert a KiTS download; ``options`` go to :func:`convert_dataset` (output_root, overwrite, ...)."""
     labels = task_labels(task, "kidney", challenge.source_values)
     spec = DatasetSpec(
-        dataset_id=dataset_id or challenge.default_id + labels.id_offset,
-        name=name or challenge.name + labels.name_suffix,
+        dataset_id=challenge.default_id + labels.id_offset if dataset_id is None else dataset_id,
+        name=challenge.name + labels.name_suffix if name is None else name,
         channel_names={0: "CT"},
         labels=labels.labels,
         source_label_values=challenge.source_values,

@@ -61,8 +61,8 @@ def convert_lits(
 ) -> ConversionSummary:
     labels = task_labels(task, "liver", SOURCE_VALUES)
     spec = DatasetSpec(
-        dataset_id=dataset_id or DEFAULT_ID + labels.id_offset,
-        name=name or "LiTS" + labels.name_suffix,
+        dataset_id=DEFAULT_ID + labels.id_offset if dataset_id is None else dataset_id,
+        name="LiTS" + labels.name_suffix if name is None else name,
         channel_names={0: "CT"},
         labels=labels.labels,
         source_label_values=SOURCE_VALUES,

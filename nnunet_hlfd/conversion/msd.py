@@ -79,8 +79,8 @@ def convert_msd(
     cases, skipped, meta = discover_msd(root)
     values = tuple(sorted(int(v) for v in meta["labels"]))
     spec = DatasetSpec(
-        dataset_id=dataset_id or int(match.group(1)),
-        name=name or match.group(2),
+        dataset_id=int(match.group(1)) if dataset_id is None else dataset_id,
+        name=match.group(2) if name is None else name,
         channel_names={int(k): v for k, v in meta["modality"].items()},
         labels={label: int(value) for value, label in meta["labels"].items()},
         source_label_values=values,

@@ -71,8 +71,8 @@ def convert_multisite_prostate(
     cases, skipped, site_map = discover_multisite_prostate(input_folder)
     values = tuple(range(256)) if binarize else (0, 1)
     spec = DatasetSpec(
-        dataset_id=dataset_id or DEFAULT_ID,
-        name=name or "ProstateMultiSite",
+        dataset_id=DEFAULT_ID if dataset_id is None else dataset_id,
+        name="ProstateMultiSite" if name is None else name,
         channel_names={0: "T2"},
         labels={"background": 0, "prostate": 1},
         source_label_values=values,

@@ -79,6 +79,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--teacher", default="teacher", help="the teacher run, for the gap recovered (default: %(default)s, if given)"
     )
+    compare.add_argument(
+        "--common-cases",
+        action="store_true",
+        help="compare only the cases every run evaluated (default: refuse runs evaluated on different cases)",
+    )
     compare.add_argument("-o", "--output", default=".", help="output folder (default: the current one)")
 
     efficiency = commands.add_parser(
@@ -175,7 +180,7 @@ def _run(args: argparse.Namespace) -> None:
 
         runs = [load_run(name, paths) for name, paths in named_paths(args.runs, multiple=True).items()]
         teacher = args.teacher if args.teacher in [r.name for r in runs] else None
-        rows = compare_runs(runs, args.baseline, teacher)
+        rows = compare_runs(runs, args.baseline, teacher, args.common_cases)
         markdown = format_markdown(rows, args.baseline, teacher, runs[0].tolerances_mm)
         write_comparison(rows, markdown, Path(args.output))
         print(markdown)

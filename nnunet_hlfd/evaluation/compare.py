@@ -19,7 +19,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ CSV_COLUMNS = (
     "p_value",
     "paired_cases",
     "gap_recovered",
+    "gap_withheld",
 )
 
 
@@ -61,6 +62,19 @@ class Run:
     values: dict[str, dict[str, list[dict[str, float]]]]
     tolerances_mm: dict[str, float] | None = None  # NSD's per label/region, from the summary beside each CSV
     surface_metrics: str | None = None  # the surface definition, from the same summary
+    cases: dict[str, set[str]] = field(default_factory=dict)  # per class: every case of any repeat
+
+    def restricted_to(self, cases: dict[str, set[str]]) -> Run:
+        """The same run with only these cases (per class) in every repeat."""
+        values = {
+            cls: {
+                m: [{c: v for c, v in r.items() if c in cases[cls]} for r in repeats]
+                for m, repeats in by_metric.items()
+            }
+            for cls, by_metric in self.values.items()
+        }
+        own = {cls: self.cases[cls] & cases[cls] for cls in self.cases}
+        return replace(self, values=values, cases=own)
 
 
 # Summaries written before the surface-element definition record none: their HD95, ASSD and NSD were computed on
@@ -93,11 +107,13 @@ def per_case_file(path: str | os.PathLike) -> Path:
 def load_run(name: str, paths: list[str | os.PathLike]) -> Run:
     sources = [per_case_file(p) for p in paths]
     values: dict = defaultdict(lambda: {m: [] for m in COMPARED})
+    cases: dict[str, set[str]] = defaultdict(set)
     for source in sources:
         rows = read_per_case(source)
         by_class = defaultdict(list)
         for row in rows:
             by_class[row["class"]].append(row)
+            cases[row["class"]].add(row["case"])
         for cls, class_rows in by_class.items():
             for metric in COMPARED:
                 values[cls][metric].append(
@@ -108,7 +124,7 @@ def load_run(name: str, paths: list[str | os.PathLike]) -> Run:
     _require_one("surface metrics", {s: d for s, (d, _) in settings.items()}, EVALUATE_AGAIN, whose)
     _require_one("NSD tolerances", {s: _tolerance_text(t) for s, (_, t) in settings.items()}, SAME_TOLERANCE, whose)
     definition, tolerances = next(iter(settings.values()))  # the same for every repeat
-    return Run(name, sources, dict(values), dict(tolerances) or None, definition)
+    return Run(name, sources, dict(values), dict(tolerances) or None, definition, dict(cases))
 
 
 EVALUATE_AGAIN = "evaluate them all again with this version of `nnunet_hlfd evaluate`"
@@ -170,6 +186,11 @@ def paired_difference(run: list[dict[str, float]], baseline: list[dict[str, floa
     return {"delta_vs_baseline": float(differences.mean()), "p_value": p, "paired_cases": len(common)}
 
 
+# The gap recovered is shown only where the teacher beats the student beyond noise: with a tie, (run − student) /
+# (teacher − student) divides by noise and can read 200 % or −300 %.
+TIE_P = 0.05
+
+
 def teacher_leads(metric: str, teacher: float | None, student: float | None) -> bool:
     """Is there a gap to recover? Only where the teacher is better than the student alone."""
     if teacher is None or student is None or teacher == student:
@@ -177,8 +198,50 @@ def teacher_leads(metric: str, teacher: float | None, student: float | None) -> 
     return (teacher > student) == HIGHER_IS_BETTER.get(metric, False)
 
 
-def compare_runs(runs: list[Run], baseline: str, teacher: str | None = None) -> list[dict]:
-    """Rows of the comparison (one per class, run and metric), in the order the runs were given."""
+def gap_withheld(metric: str, teacher: dict, student_mean: float | None) -> str | None:
+    """Why no gap recovered is shown for this metric (``teacher``: its row, with its paired test against the
+    student), or None when it is shown."""
+    if not teacher_leads(metric, teacher["mean"], student_mean):
+        return "the teacher is not better than the student"
+    p = teacher.get("p_value")
+    if p is None or p >= TIE_P:
+        shown = "–" if p is None else f"{p:.2g}"
+        return (
+            f"teacher and student are tied within noise (paired p = {shown} ≥ {TIE_P}, n = {teacher['paired_cases']})"
+        )
+    return None
+
+
+def common_cases(runs: list[Run]) -> dict[str, set[str]]:
+    """Per class, the cases every run evaluated."""
+    return {cls: set.intersection(*(r.cases.get(cls, set()) for r in runs)) for cls in runs[0].cases}
+
+
+def check_same_cases(runs: list[Run]) -> None:
+    """Refuse runs evaluated on different cases: their means would not describe the same patients."""
+    for cls in runs[0].cases:
+        sets = {r.name: r.cases.get(cls, set()) for r in runs}
+        if len({frozenset(c) for c in sets.values()}) > 1:
+            shared = set.intersection(*sets.values())
+            listed = "; ".join(
+                f"{name}: {len(c)} cases" + (f" ({_first(sorted(c - shared))} not in every run)" if c - shared else "")
+                for name, c in sets.items()
+            )
+            raise EvaluationError(
+                f"{cls}: the runs were not evaluated on the same cases ({listed}). Evaluate every run on the same "
+                f"cases, or pass --common-cases to compare the {len(shared)} cases all runs have."
+            )
+
+
+def _first(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def compare_runs(
+    runs: list[Run], baseline: str, teacher: str | None = None, only_common_cases: bool = False
+) -> list[dict]:
+    """Rows of the comparison (one per class, run and metric), in the order the runs were given. Runs must
+    share their cases, unless ``only_common_cases`` (then every number is over the cases all runs have)."""
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise EvaluationError(f"run names must be unique: {names}")
@@ -202,20 +265,31 @@ def compare_runs(runs: list[Run], baseline: str, teacher: str | None = None) -> 
                 f"runs evaluated different labels/regions: {runs[0].name} has {sorted(classes)}, {run.name} has "
                 f"{sorted(run.values)} (evaluate every run with the same dataset.json)"
             )
+    if only_common_cases:
+        shared = common_cases(runs)
+        runs = [r.restricted_to(shared) for r in runs]
+    else:
+        check_same_cases(runs)
     by_name = {r.name: r for r in runs}
     rows = []
     for cls in classes:
         for metric in COMPARED:
             stats = {r.name: summarize_metric(r.values[cls][metric]) for r in runs}
-            base, top = stats[baseline]["mean"], stats[teacher]["mean"] if teacher else None
+            own = {r.name: {"class": cls, "run": r.name, "metric": metric, **stats[r.name]} for r in runs}
             for run in runs:
-                row = {"class": cls, "run": run.name, "metric": metric, **stats[run.name]}
                 if run.name != baseline:
-                    row.update(paired_difference(run.values[cls][metric], by_name[baseline].values[cls][metric]))
+                    own[run.name].update(
+                        paired_difference(run.values[cls][metric], by_name[baseline].values[cls][metric])
+                    )
+            base = stats[baseline]["mean"]
+            withheld = gap_withheld(metric, own[teacher], base) if teacher else "no teacher run"
+            for run in runs:
+                row = own[run.name]
                 gap = None
-                if teacher_leads(metric, top, base) and row["mean"] is not None:
-                    gap = (row["mean"] - base) / (top - base)
-                row["gap_recovered"] = gap if run.name not in (baseline, teacher) else None
+                if withheld is None and row["mean"] is not None and run.name not in (baseline, teacher):
+                    gap = (row["mean"] - base) / (stats[teacher]["mean"] - base)
+                row["gap_recovered"] = gap
+                row["gap_withheld"] = withheld if teacher and run.name not in (baseline, teacher) else None
                 rows.append(row)
     return rows
 
@@ -233,7 +307,7 @@ def _delta(row: dict) -> str:
         return "–"
     p = row["p_value"]
     gap = row["gap_recovered"]
-    text = f"{row['delta_vs_baseline']:+.3f} (p={'–' if p is None else f'{p:.3g}'})"
+    text = f"{row['delta_vs_baseline']:+.3f} (p={'–' if p is None else f'{p:.3g}'}, n={row['paired_cases']})"
     return text + ("" if gap is None else f", {100 * gap:.0f}%")
 
 
@@ -273,16 +347,23 @@ def format_markdown(
             if run != baseline:
                 out.append(f"| {run} | " + " | ".join(_delta(cell[(run, m)]) for m in COMPARED) + " |")
         out.append("")
+        withheld = defaultdict(list)
+        for r in own:
+            if r.get("gap_withheld") and r["metric"] not in withheld[r["gap_withheld"]]:
+                withheld[r["gap_withheld"]].append(r["metric"])
+        for reason, metrics in withheld.items():
+            out.append(f"No gap recovered for {', '.join(_header(m, None) for m in metrics)}: {reason}.\n")
     over = {r["std_over"] for r in rows}
     spread = {
         frozenset({"cases"}): "over cases (each run has one evaluation)",
         frozenset({"repeats"}): "over repeats (folds/seeds)",
     }.get(frozenset(over), "over repeats (folds/seeds) for runs that have several, else over cases")
     out.append(
-        f"mean ± sample std {spread}. Δ: mean paired difference to {baseline} over the cases both evaluated; "
+        f"mean ± sample std {spread}. Δ: mean paired difference to {baseline} over the n cases both evaluated; "
         "p: two-sided Wilcoxon signed-rank test"
         + (
-            f"; gap recovered: (run − {baseline}) / ({teacher} − {baseline}), where {teacher} is better than {baseline}"
+            f"; gap recovered: (run − {baseline}) / ({teacher} − {baseline}), where {teacher} is better than "
+            f"{baseline} beyond noise (paired p < {TIE_P})"
             if teacher
             else ""
         )

@@ -25,6 +25,7 @@ from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.metrics import DEFAULT_TOLERANCE_MM, METRICS, SURFACE_DEFINITION, mask_metrics
 from nnunet_hlfd.files import write_csv, write_text
 from nnunet_hlfd.grid import grid_differences
+from nnunet_hlfd.image_files import incomplete
 
 PER_CASE_FILE = "metrics_per_case.csv"
 SUMMARY_FILE = "metrics_summary.json"
@@ -181,6 +182,24 @@ def _header(path: Path) -> sitk.ImageFileReader:
     return reader
 
 
+def check_whole_files(pairs: dict[str, tuple[Path, Path]]) -> None:
+    """Raise unless every prediction and reference file is whole (a truncated one reads as zeros)."""
+    problems = [
+        (case, kind, path, problem)
+        for case, files in pairs.items()
+        for kind, path in zip(("prediction", "reference"), files)
+        if (problem := incomplete(path))
+    ]
+    if problems:
+        listed = "\n  ".join(f"{case}: {kind} {path} is {problem}" for case, kind, path, problem in problems[:5])
+        more = f"\n  and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise EvaluationError(
+            f"{len(problems)} file(s) are not whole:\n  {listed}{more}\nA killed nnUNetv2_predict leaves a cut "
+            "prediction: delete it and predict that case again (--continue_prediction keeps files that exist). "
+            "A cut reference: copy or convert it again."
+        )
+
+
 def check_grids(pairs: dict[str, tuple[Path, Path]], tolerance: float = GEOMETRY_TOLERANCE) -> None:
     """Raise unless each prediction lies on its reference's voxel grid (headers only: fast)."""
     problems = []
@@ -206,12 +225,17 @@ def evaluate_case(
     reference = sitk.GetArrayFromImage(reference_image)
     spacing = reference_image.GetSpacing()[::-1]  # array axes are (z, y, x)
     allowed = {0, *(v for t in task.targets for v in np.atleast_1d(t.value))}
-    unexpected = sorted(set(np.unique(prediction).tolist()) - allowed)
-    if unexpected:
-        raise EvaluationError(
-            f"{case}: prediction {prediction_file} has label values {unexpected} that dataset.json does not "
-            "define: wrong dataset.json, or a prediction of another dataset?"
-        )
+    ignore_label = {task.ignore_label} if task.ignore_label is not None else set()
+    for what, path, labels, valid in (
+        ("prediction", prediction_file, prediction, allowed),
+        ("reference", reference_file, reference, allowed | ignore_label),
+    ):
+        unexpected = sorted(set(np.unique(labels).tolist()) - valid)
+        if unexpected:
+            raise EvaluationError(
+                f"{case}: {what} {path} has label values {unexpected} that dataset.json does not define: wrong "
+                f"dataset.json, or a {what} of another dataset?"
+            )
     from nnunetv2.evaluation.evaluate_predictions import region_or_label_to_mask
 
     ignore = reference == task.ignore_label if task.ignore_label is not None else None
@@ -294,6 +318,7 @@ def evaluate_folder(
     task = read_task(json.loads(dataset_json_file.read_text()))
     tolerances = resolve_tolerances(tolerance_mm, task)
     pairs = pair_cases(predictions, references, task.file_ending, chill)
+    check_whole_files(pairs)
     check_grids(pairs)
     jobs = [(case, p, r, task, tolerances) for case, (p, r) in pairs.items()]
     bar = dict(total=len(jobs), desc="evaluate", unit="case", disable=not progress)

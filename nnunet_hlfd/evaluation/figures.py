@@ -24,6 +24,7 @@ from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.evaluate import Task, find_dataset_json, read_task
 from nnunet_hlfd.evaluation.trained import case_files, load_predictor, preprocess
 from nnunet_hlfd.files import replaced_atomically
+from nnunet_hlfd.image_files import incomplete
 
 # nnU-Net's logger sets a large seaborn font scale globally; these figures use their own sizes
 STYLE = {
@@ -53,6 +54,8 @@ def _window(image: np.ndarray) -> tuple[float, float]:
 def _read(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     if not path.is_file():
         raise EvaluationError(f"{path} not found")
+    if problem := incomplete(path):
+        raise EvaluationError(f"{path} is {problem}: restore or recreate it")
     image = sitk.ReadImage(str(path))
     return sitk.GetArrayFromImage(image), image.GetSpacing()[::-1]
 

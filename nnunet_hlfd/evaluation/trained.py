@@ -12,6 +12,7 @@ import torch
 
 from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
+from nnunet_hlfd.image_files import incomplete
 
 
 def _find_our_trainers() -> None:
@@ -67,7 +68,12 @@ def case_files(images: Path, file_ending: str) -> dict[str, list[str]]:
 def preprocess(
     predictor, image_files: list[str], seg_file: str | None = None
 ) -> tuple[torch.Tensor, np.ndarray | None]:
-    """A case preprocessed as this model's plans say: (C, *spatial) float tensor, and the label map if given."""
+    """A case preprocessed as this model's plans say: (C, *spatial) float tensor, and the label map if given.
+    A file that is not whole is refused (nnU-Net's reader would fill its missing part with zeros)."""
+    files = [Path(f) for f in [*image_files, *([seg_file] if seg_file else [])]]
+    broken = [f"{path} is {problem}" for path in files if (problem := incomplete(path))]
+    if broken:
+        raise EvaluationError("; ".join(broken) + ": restore or recreate the file(s)")
     configuration = predictor.configuration_manager
     preprocessor = configuration.preprocessor_class(verbose=False)
     data, seg, _ = preprocessor.run_case(

@@ -75,6 +75,17 @@ def _how_to_fix(spec: TeacherSpec) -> str:
     )
 
 
+def read_teacher_json(path: Path) -> dict:
+    """A teacher's JSON file, or an error that names it (a file cut by a full disk, or edited by hand)."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TeacherNotFoundError(
+            f"The teacher's {path} is not valid JSON ({e}): restore it from the teacher's training (nnU-Net writes "
+            "it into the results folder), or choose another teacher."
+        ) from None
+
+
 def read_teacher(spec: TeacherSpec) -> Teacher:
     """Load everything needed to check and rebuild the teacher; raise a clear error if anything is missing."""
     model_folder = Path(spec.model_folder)
@@ -102,8 +113,8 @@ def read_teacher(spec: TeacherSpec) -> Teacher:
         ) from e
     return Teacher(
         spec=spec,
-        plans=json.loads((model_folder / "plans.json").read_text()),
-        dataset_json=json.loads((model_folder / "dataset.json").read_text()),
+        plans=read_teacher_json(model_folder / "plans.json"),
+        dataset_json=read_teacher_json(model_folder / "dataset.json"),
         configuration=init_args["configuration"],
         trainer_name=checkpoint["trainer_name"],
         fold=str(init_args["fold"]),

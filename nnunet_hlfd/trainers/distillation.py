@@ -8,25 +8,31 @@ distillation terms in ``train_step`` and their per-epoch logging. A method is ch
 
 import json
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import autocast
 
 from nnunet_hlfd.adapters import count_parameters
 from nnunet_hlfd.capture import unwrap
-from nnunet_hlfd.errors import TeacherMismatchError
+from nnunet_hlfd.errors import OptionError, TeacherMismatchError
 from nnunet_hlfd.evaluation.figures import plot_training_curves
+from nnunet_hlfd.files import replaced_atomically
 from nnunet_hlfd.methods import DistillationMethod, Distiller
 from nnunet_hlfd.methods.base import by_decoder_stage, valid_masks
-from nnunet_hlfd.teacher import Teacher, TeacherSpec, check_teacher, read_teacher
+from nnunet_hlfd.teacher import Teacher, TeacherSpec, check_teacher, read_teacher, read_teacher_json
+from nnunet_hlfd.trainers.option_checks import build_config
 from nnunet_hlfd.trainers.student import TEACHER_RECORD_FILE, nnUNetTrainerStudent
 
 CHECKPOINT_KEY = "distillation"
+# Set to 1 to train a finished student again from scratch (without --c), over its fold folder.
+OVERWRITE_ENV = "nnUNet_hlfd_overwrite"
+FINAL_CHECKPOINT = "checkpoint_final.pth"
 GRAD_CLIP = 12  # nnU-Net's
 
 
@@ -45,10 +51,6 @@ def backward_and_step(loss: torch.Tensor, optimizer, grad_scaler, parameters: li
         optimizer.step()
 
 
-def _from_json(value):
-    return tuple(value) if isinstance(value, list) else value  # a plans block gives lists for tuple options
-
-
 class nnUNetTrainerDistillation(nnUNetTrainerStudent):
     """Base class of the KD trainers. A subclass declares its method and that method's config: the config's
     fields become options (class defaults, overridable per dataset by the plans block, recorded)."""
@@ -60,9 +62,36 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
     def option_defaults(cls) -> dict:
         return {**super().option_defaults(), **asdict(cls.config)}
 
+    def _read_options(self, configuration: dict) -> dict:
+        options = super()._read_options(configuration)
+        build_config(self.config, options)  # the method's options are refused here, before nnU-Net writes anything
+        return options
+
     def build_method(self, options: dict) -> DistillationMethod:
-        values = {f.name: _from_json(options[f.name]) for f in fields(self.config)}
-        return self.method_class(type(self.config)(**values))
+        return self.method_class(build_config(self.config, options))
+
+    # ---- a finished student, run again without --c ------------------------------------------------------------
+    def _student_plans(self, plans: dict, configuration: str, fold, dataset_json: dict) -> dict:
+        """Without --c over a finished student, nnUNetv2_train is either ``--val`` (which needs the student only:
+        its teacher may be gone) or a new training over it, which :meth:`on_train_start` refuses unless asked for.
+        Either way the student's plan is the one recorded beside it, and no teacher is read."""
+        self.finished_student = None if plans.get("continue_training") else self._finished(plans, configuration, fold)
+        if self.finished_student is None:
+            return super()._student_plans(plans, configuration, fold, dataset_json)
+        self.hlfd_options = self._read_options(PlansManager(plans).get_configuration(configuration).configuration)
+        self.teacher_models, self.teacher_specs, self.teacher_spec = [], [], None
+        recorded = PlansManager(read_teacher_json(self.finished_student.parent.parent / "plans.json"))
+        plans["configurations"][configuration] = recorded.get_configuration(configuration).configuration
+        return plans
+
+    def _finished(self, plans: dict, configuration: str, fold) -> Path | None:
+        """The final checkpoint of a finished student in this run's fold folder (None: none, or overwriting it
+        was asked for with the environment variable)."""
+        folder = self._output_folder(plans, configuration, fold)
+        final = folder / FINAL_CHECKPOINT if folder is not None else None
+        if final is None or not final.is_file() or not (folder.parent / "plans.json").is_file():
+            return None
+        return None if os.environ.get(OVERWRITE_ENV, "").lower() in ("1", "true", "t") else final
 
     def __init__(
         self,
@@ -100,7 +129,7 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
     def _do_i_compile(self) -> bool:
         # nnU-Net asks this right after building self.network and before compiling and DDP-wrapping it: the
         # one point where forward hooks can be attached ahead of torch.compile.
-        if self.network is not None and self.distiller.student_recorder is None:
+        if self.network is not None and self.teacher_models and self.distiller.student_recorder is None:
             teachers = []
             for teacher in self.teacher_models:
                 teachers.append(teacher.build_network(self.device))
@@ -127,6 +156,8 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
             self.distiller.wrap_adapters_for_ddp(self.device, self.local_rank)
 
     def _parameter_report(self) -> str:
+        if not self.teacher_models:
+            return f"{super()._parameter_report()}; a finished student, loaded without its teacher (validation)"
         teacher = count_parameters(self.distiller.teacher)
         student = count_parameters(self.student_network())
         adapters = count_parameters(self.distiller.adapters)
@@ -141,6 +172,13 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
         )
 
     def on_train_start(self) -> None:
+        if self.finished_student is not None:
+            raise OptionError(
+                f"{self.finished_student.parent} holds a finished student ({FINAL_CHECKPOINT}): nnUNetv2_train "
+                "without --c would train it again from scratch over it (and record the teacher of this run). To "
+                f"validate it again, add --val. To train it again, set {OVERWRITE_ENV}=1 for that run, or move its "
+                "fold folder away first."
+            )
         super().on_train_start()
         if self.local_rank == 0:
             teachers = [{"spec": t.spec.as_record(), "teacher": t.record()} for t in self.teacher_models]
@@ -219,9 +257,16 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
         if self.local_rank != 0 or self.disable_checkpointing:
-            return
+            return super().save_checkpoint(filename)
+        # One complete file or none: nnU-Net's checkpoint is written under a temporary name, completed with the
+        # distillation state there and only then renamed (a kill between two writes to ``filename`` used to leave
+        # a checkpoint without adapters, which --c then refused).
+        with replaced_atomically(Path(filename)) as partial:
+            super().save_checkpoint(str(partial))
+            self._add_distillation_state(partial)
+
+    def _add_distillation_state(self, filename: Path) -> None:
         # nnU-Net's checkpoint plus one key; network_weights stays student-only so stock predict loads it
         checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
         adapters = unwrap(self.distiller.adapters) if self.distiller.adapters is not None else None
@@ -235,6 +280,12 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
         torch.save(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint: str | dict) -> None:
+        if not self.teacher_models:  # --val of a finished student: the student's weights are all it needs
+            # the optimizer's state (with the adapters' parameter group) is of no use to validation
+            self.optimizer.load_state_dict = lambda state: None
+            super().load_checkpoint(filename_or_checkpoint)
+            self._add_log_keys()
+            return
         # nnunetv2 2.8.1 cannot load from a dict (UnboundLocalError), so always go through the path
         super().load_checkpoint(filename_or_checkpoint)
         checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_hlfd.errors import OptionError
 from nnunet_hlfd.trainers import baselines, contrastive, hlfd, multi_teacher
@@ -41,7 +42,8 @@ class _ShortSchedule:
         dataset_json: dict,
         device: torch.device = torch.device("cuda"),
     ):
-        self._read_schedule(configuration, plans["configurations"][configuration])
+        # nnU-Net's own lookup: a configuration the plans do not have is refused with the ones they have
+        self._read_schedule(configuration, PlansManager(plans).get_configuration(configuration).configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = self.epochs
         self.num_iterations_per_epoch = self.iterations

@@ -7,6 +7,7 @@ Options are class attributes (variants override them, nnU-Net style) and can be 
 import copy
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,12 +17,19 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_hlfd.adapters import count_parameters
 from nnunet_hlfd.capture import unwrap
-from nnunet_hlfd.errors import OptionError
+from nnunet_hlfd.errors import OptionError, TeacherNotFoundError
 from nnunet_hlfd.planning import check_stage_alignment, derive_student_architecture, student_configuration
 from nnunet_hlfd.splits import TRAINING_CASES_FILE, check_fraction, training_subset
-from nnunet_hlfd.teacher import TEACHER_ENV, TeacherSpec, default_teacher_spec, teacher_spec_from_path
+from nnunet_hlfd.teacher import (
+    TEACHER_ENV,
+    TeacherSpec,
+    default_teacher_spec,
+    file_sha256,
+    read_teacher_json,
+    teacher_spec_from_path,
+)
+from nnunet_hlfd.trainers.option_checks import PLANS_BLOCK, check_student_options
 
-PLANS_BLOCK = "hlfd"
 TEACHER_RECORD_FILE = "hlfd_teacher.json"
 RECORD_KEYS = ("derived_from", "teacher_used")  # written by the trainer into the results plans, not options
 STUDENT_OPTIONS = (
@@ -35,6 +43,14 @@ STUDENT_OPTIONS = (
     "training_fraction",
     "fraction_seed",
 )
+
+
+def same_checkpoints(specs: list[TeacherSpec], sha256s: list[str | None]) -> bool:
+    """Are these the recorded checkpoints (byte for byte), wherever they lie now?"""
+    return len(specs) == len(sha256s) and all(
+        sha is not None and spec.checkpoint_path.is_file() and file_sha256(spec.checkpoint_path) == sha
+        for spec, sha in zip(specs, sha256s)
+    )
 
 
 class nnUNetTrainerStudent(nnUNetTrainer):
@@ -81,6 +97,7 @@ class nnUNetTrainerStudent(nnUNetTrainer):
         self._options_from_plans = set(block) & set(defaults)
         options = {name: block.get(name, value) for name, value in defaults.items()}
         check_fraction(options["training_fraction"])
+        check_student_options(options)
         return options
 
     # ---- teacher location --------------------------------------------------------------------------------
@@ -124,17 +141,30 @@ class nnUNetTrainerStudent(nnUNetTrainer):
         output_folder = self._output_folder(plans, configuration, fold)
         record_file = output_folder / TEACHER_RECORD_FILE if output_folder else None
         if plans.get("continue_training") and record_file is not None and record_file.is_file():
-            record = json.loads(record_file.read_text())
-            recorded = [
-                TeacherSpec(**{**entry["spec"], "source": f"recorded in {record_file}"})
-                for entry in record.get("teachers", [record])
-            ]
+            entries = json.loads(record_file.read_text())
+            entries = entries.get("teachers", [entries])
+            recorded = [TeacherSpec(**{**e["spec"], "source": f"recorded in {record_file}"}) for e in entries]
             paths = [spec.checkpoint_path for spec in recorded]
+            hashes = [e.get("teacher", {}).get("sha256") for e in entries]
             if requested is not None and [spec.checkpoint_path for spec in requested] != paths:
+                if same_checkpoints(requested, hashes):  # the recorded teacher, moved or remounted
+                    return [
+                        replace(spec, source=f"{spec.source}; the same checkpoint as recorded at {path}, moved")
+                        for spec, path in zip(requested, paths)
+                    ]
                 raise OptionError(
                     f"This run was started with the teacher(s) {', '.join(map(str, paths))}, but "
-                    f"{', '.join(spec.describe() for spec in requested)} is requested now. Resume with the recorded "
-                    "teacher(s) (unset the environment variable or plans option), or train into a new results folder."
+                    f"{', '.join(spec.describe() for spec in requested)} is requested now, and its checkpoint is "
+                    "another one (its sha256 differs from the recorded one). Resume with the recorded teacher(s) "
+                    "(unset the environment variable or plans option), or train into a new results folder."
+                )
+            gone = [path for path in paths if not path.is_file()]
+            if gone:
+                raise TeacherNotFoundError(
+                    f"The teacher recorded for this run is gone: {', '.join(map(str, gone))} (moved, or its disk "
+                    f"not mounted?). If it moved, point {TEACHER_ENV} at its new place (the results folder, its "
+                    "fold folder or the checkpoint): a checkpoint with the recorded sha256 "
+                    f"({', '.join(h[:12] + '…' for h in hashes if h)}) is accepted as the same teacher."
                 )
             return recorded
         if requested is not None:
@@ -161,7 +191,7 @@ class nnUNetTrainerStudent(nnUNetTrainer):
         name = self.hlfd_options["teacher_configuration"] or (
             folder.split("__")[-1] if "__" in folder else configuration
         )
-        return PlansManager(json.loads(plans_file.read_text())).get_configuration(name).configuration
+        return PlansManager(read_teacher_json(plans_file)).get_configuration(name).configuration
 
     # ---- the student plan --------------------------------------------------------------------------------
     def _student_plans(self, plans: dict, configuration: str, fold, dataset_json: dict) -> dict:

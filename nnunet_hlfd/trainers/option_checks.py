@@ -1,0 +1,86 @@
+"""Option values from the plans block, checked before nnU-Net writes anything: type, range, and the message
+names the plans-block key, the value given and what is valid.
+
+A JSON plans block can hold anything (``"width": "half"``, ``null``, ``"alpha": -1``); a value of the wrong type
+would otherwise fail deep inside training (or, worse, train: a negative loss weight rewards the student for
+moving away from the teacher)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any
+
+from nnunet_hlfd.errors import OptionError
+
+PLANS_BLOCK = "hlfd"
+# hyper-parameters by name: loss weights may be 0 (the term is off), scales must be positive
+NON_NEGATIVE = ("alpha", "beta", "weight")
+POSITIVE = ("temperature", "exponent", "anchors_per_class", "pool_scale")
+
+
+def refuse(name: str, value: Any, valid: str) -> OptionError:
+    return OptionError(f'plans block "{PLANS_BLOCK}": "{name}": {value!r} is not valid: {valid}.')
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_value(name: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of ``default`` (JSON lists become tuples), or an OptionError."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise refuse(name, value, "true or false")
+        return value
+    if isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise refuse(name, value, "a whole number")
+    elif isinstance(default, float):
+        if not _is_number(value):
+            raise refuse(name, value, "a finite number")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise refuse(name, value, "a string")
+    elif isinstance(default, tuple):
+        kind = type(default[0]) if default else object
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in value
+        ):
+            raise refuse(name, value, f"a list like {list(default)}")
+        value = tuple(value)
+    if name in POSITIVE and not value > 0:
+        raise refuse(name, value, "a number > 0")
+    if (name in NON_NEGATIVE or name.endswith("_weight")) and not value >= 0:
+        raise refuse(name, value, "a loss weight ≥ 0 (0 turns the term off)")
+    return value
+
+
+def build_config(config: Any, options: dict) -> Any:
+    """The method's config (a frozen dataclass like ``config``) from the options, each value checked; the
+    config's own checks (choices, ranges between fields) are reported the same way."""
+    values = {f.name: check_value(f.name, options[f.name], getattr(config, f.name)) for f in fields(config)}
+    try:
+        return type(config)(**values)
+    except (ValueError, TypeError) as e:
+        raise OptionError(f'plans block "{PLANS_BLOCK}": {e}. Change the option or remove it (default).') from None
+
+
+def check_student_options(options: dict) -> None:
+    """The student's own options (width, depth, teacher location, training fraction)."""
+    width = options["width"]
+    if not _is_number(width) or not 0 < width <= 1:
+        raise refuse("width", width, "a number in (0, 1], the student's share of the teacher's features per stage")
+    depth = options["n_conv_per_stage"]
+    depths = depth if isinstance(depth, list) else [depth]
+    if depth is not None and not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in depths):
+        raise refuse("n_conv_per_stage", depth, "null (as the teacher), a whole number ≥ 1, or one per stage")
+    for name in ("teacher", "teacher_plans", "teacher_configuration"):
+        if options[name] is not None and not (isinstance(options[name], str) and options[name]):
+            raise refuse(name, options[name], "null (the default) or a non-empty string")
+    for name in ("teacher_trainer", "teacher_checkpoint"):
+        if not (isinstance(options[name], str) and options[name]):
+            raise refuse(name, options[name], "a non-empty string")
+    if not isinstance(options["fraction_seed"], int) or isinstance(options["fraction_seed"], bool):
+        raise refuse("fraction_seed", options["fraction_seed"], "a whole number")
