@@ -49,8 +49,8 @@ def interrupt_after_first_epoch(fold: Path) -> None:
     checkpoint["current_epoch"] = 1
     checkpoint["logging"] = {k: v[:1] for k, v in checkpoint["logging"].items()}
     torch.save(checkpoint, fold / "checkpoint_latest.pth")
-    for name in ("checkpoint_final.pth", "checkpoint_best.pth"):
-        (fold / name).unlink()
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth"):  # best: only if some epoch's EMA improved
+        (fold / name).unlink(missing_ok=True)
 
 
 def test_ext_path_folder_holds_only_the_shim():

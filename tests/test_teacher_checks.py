@@ -329,8 +329,7 @@ def test_a_finished_student_validates_without_its_teacher_and_is_not_retrained_b
     assert validating.teacher_models == [] and validating.configuration_manager.network_arch_init_kwargs[
         "features_per_stage"
     ] == [4, 8, 16, 32]
-    validating.initialize()
-    validating.load_checkpoint(str(fold / "checkpoint_final.pth"))
+    validating.load_checkpoint(str(fold / "checkpoint_final.pth"))  # initializes first, as nnU-Net's --val does
     assert all(torch.equal(validating.network.state_dict()[k], v) for k, v in weights.items())
     # nnUNetv2_train without --c over it: refused before anything of it is touched
     before = snapshot(fold)

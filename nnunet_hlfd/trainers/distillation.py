@@ -281,6 +281,8 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
 
     def load_checkpoint(self, filename_or_checkpoint: str | dict) -> None:
         if not self.teacher_models:  # --val of a finished student: the student's weights are all it needs
+            if not self.was_initialized:
+                self.initialize()  # as nnU-Net's load_checkpoint would, so that the optimizer exists
             # the optimizer's state (with the adapters' parameter group) is of no use to validation
             self.optimizer.load_state_dict = lambda state: None
             super().load_checkpoint(filename_or_checkpoint)
