@@ -778,8 +778,9 @@ def _pseudo_dice(checkpoint: Path) -> np.ndarray:
 
 def dice_summary(rows: list[dict]) -> dict:
     """Per run and label/region, the test-set Dice of a comparison: mean and std over the folds, Δ against the
-    student alone with its paired Wilcoxon p and number of pairs, and the gap recovered."""
-    keys = ("mean", "std", "repeats", "cases", "delta_vs_baseline", "p_value", "paired_cases", "gap_recovered")
+    student alone with its paired Wilcoxon p and number of pairs, and the gap recovered (or why it is not shown)."""
+    keys = ("mean", "std", "repeats", "cases", "delta_vs_baseline", "p_value", "paired_cases")
+    keys += ("gap_recovered", "gap_withheld")
     summary: dict = {}
     for row in rows:
         if row["metric"] == "Dice":
