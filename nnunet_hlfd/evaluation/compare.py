@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_hlfd.errors import EvaluationError
-from nnunet_hlfd.evaluation.evaluate import PER_CASE_FILE, SUMMARY_FILE, read_per_case
+from nnunet_hlfd.evaluation.evaluate import PER_CASE_FILE, SUMMARY_FILE, first_names, read_per_case
 from nnunet_hlfd.evaluation.metrics import HIGHER_IS_BETTER, METRICS, UNITS
 from nnunet_hlfd.files import write_csv, write_text
 
@@ -224,17 +224,14 @@ def check_same_cases(runs: list[Run]) -> None:
         if len({frozenset(c) for c in sets.values()}) > 1:
             shared = set.intersection(*sets.values())
             listed = "; ".join(
-                f"{name}: {len(c)} cases" + (f" ({_first(sorted(c - shared))} not in every run)" if c - shared else "")
+                f"{name}: {len(c)} cases"
+                + (f" ({first_names(sorted(c - shared), 3)} not in every run)" if c - shared else "")
                 for name, c in sets.items()
             )
             raise EvaluationError(
                 f"{cls}: the runs were not evaluated on the same cases ({listed}). Evaluate every run on the same "
                 f"cases, or pass --common-cases to compare the {len(shared)} cases all runs have."
             )
-
-
-def _first(names: list[str], n: int = 3) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def compare_runs(
@@ -282,14 +279,15 @@ def compare_runs(
                         paired_difference(run.values[cls][metric], by_name[baseline].values[cls][metric])
                     )
             base = stats[baseline]["mean"]
-            withheld = gap_withheld(metric, own[teacher], base) if teacher else "no teacher run"
+            withheld = gap_withheld(metric, own[teacher], base) if teacher else None
             for run in runs:
                 row = own[run.name]
+                compared = teacher is not None and run.name not in (baseline, teacher)
                 gap = None
-                if withheld is None and row["mean"] is not None and run.name not in (baseline, teacher):
+                if compared and withheld is None and row["mean"] is not None:
                     gap = (row["mean"] - base) / (stats[teacher]["mean"] - base)
                 row["gap_recovered"] = gap
-                row["gap_withheld"] = withheld if teacher and run.name not in (baseline, teacher) else None
+                row["gap_withheld"] = withheld if compared else None
                 rows.append(row)
     return rows
 

@@ -156,19 +156,20 @@ def pair_cases(
     orphans = sorted(set(predicted) - set(reference))
     if orphans:
         raise EvaluationError(
-            f"{len(orphans)} prediction(s) have no reference label in {references}: {_first(orphans)}. Are these "
+            f"{len(orphans)} prediction(s) have no reference label in {references}: {first_names(orphans)}. Are these "
             "folders from the same dataset and split (imagesTs predictions need labelsTs)?"
         )
     missing = sorted(set(reference) - set(predicted))
     if missing and not chill:
         raise EvaluationError(
-            f"{len(missing)} reference case(s) have no prediction in {predictions}: {_first(missing)}. Predict them, "
-            "or pass --chill to evaluate only the predicted cases (e.g. a fold's validation folder)."
+            f"{len(missing)} reference case(s) have no prediction in {predictions}: {first_names(missing)}. Predict "
+            "them, or pass --chill to evaluate only the predicted cases (e.g. a fold's validation folder)."
         )
     return {case: (predicted[case], reference[case]) for case in sorted(predicted)}
 
 
-def _first(names: list[str], n: int = 5) -> str:
+def first_names(names: list[str], n: int = 5) -> str:
+    """The first ``n`` names, and how many more there are."""
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 

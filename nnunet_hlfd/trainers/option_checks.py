@@ -27,6 +27,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is an int to Python
+
+
 def check_value(name: str, value: Any, default: Any) -> Any:
     """``value`` as the type of ``default`` (JSON lists become tuples), or an OptionError."""
     if isinstance(default, bool):
@@ -34,7 +38,7 @@ def check_value(name: str, value: Any, default: Any) -> Any:
             raise refuse(name, value, "true or false")
         return value
     if isinstance(default, int):
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not _is_whole(value):
             raise refuse(name, value, "a whole number")
     elif isinstance(default, float):
         if not _is_number(value):
@@ -74,7 +78,7 @@ def check_student_options(options: dict) -> None:
         raise refuse("width", width, "a number in (0, 1], the student's share of the teacher's features per stage")
     depth = options["n_conv_per_stage"]
     depths = depth if isinstance(depth, list) else [depth]
-    if depth is not None and not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in depths):
+    if depth is not None and not all(_is_whole(d) and d >= 1 for d in depths):
         raise refuse("n_conv_per_stage", depth, "null (as the teacher), a whole number ≥ 1, or one per stage")
     for name in ("teacher", "teacher_plans", "teacher_configuration"):
         if options[name] is not None and not (isinstance(options[name], str) and options[name]):
@@ -82,5 +86,5 @@ def check_student_options(options: dict) -> None:
     for name in ("teacher_trainer", "teacher_checkpoint"):
         if not (isinstance(options[name], str) and options[name]):
             raise refuse(name, options[name], "a non-empty string")
-    if not isinstance(options["fraction_seed"], int) or isinstance(options["fraction_seed"], bool):
+    if not _is_whole(options["fraction_seed"]):
         raise refuse("fraction_seed", options["fraction_seed"], "a whole number")
