@@ -20,6 +20,6 @@ setup(
         "scipy>=1.10",
         "monai>=1.4,<1.7",  # surface distances for HD95, ASSD and NSD (evaluation)
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.5", "surface-distance>=0.1,<0.2"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5,<4", "ruff>=0.5", "surface-distance>=0.1,<0.2"]},
     entry_points={"console_scripts": ["nnunet_hlfd=nnunet_hlfd.cli:main"]},
 )

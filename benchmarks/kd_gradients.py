@@ -13,7 +13,7 @@ logit on tumour voxels; a per-voxel mean over a patch that is mostly background 
 
     python benchmarks/kd_gradients.py benchmarks/work/kits19_cpu --fold 0
     python benchmarks/kd_gradients.py benchmarks/work/kits19_cpu --fold 0 --student-checkpoint \\
-        benchmarks/work/kits19_cpu/nnUNet_results/Dataset504_KiTSPhantomCpu/nnUNetTrainerStudent_bench__nnUNetPlans__2d/fold_0/checkpoint_final.pth
+        benchmarks/work/kits19_cpu/nnUNet_results/Dataset504_KiTSPhantomCpu/nnUNetTrainerStudent__nnUNetPlans__2d/fold_0/checkpoint_final.pth
 """
 
 import argparse
@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunet_hlfd.benchmark.profiles import PLANS, TEACHER_TRAINER
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
 from nnunet_hlfd.losses import class_balanced_soft_kl, cwd_loss, soft_kl, soft_probabilities, voxel_classes
+from nnunet_hlfd.runtime import model_folder
 
-TEACHER_TRAINER, STUDENT_TRAINER, PLANS = "nnUNetTrainerHLFDTeacher_bench", "nnUNetTrainerStudent_bench", "nnUNetPlans"
 TEMPERATURE = 4.0
 
 
@@ -56,7 +57,7 @@ def pushes(loss: torch.Tensor, z: torch.Tensor, classes: torch.Tensor, num_class
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("work", type=Path, help="a benchmark work folder (benchmarks/kits_benchmark.py --work)")
+    parser.add_argument("work", type=Path, help="a benchmark work folder (nnunet_hlfd benchmark --work)")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--batches", type=int, default=20, help="nnU-Net training batches to sum over")
     parser.add_argument("--student-checkpoint", type=Path, help="default: the student's seeded initialisation")
@@ -72,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         nnUNet_extTrainer=EXT_TRAINER_DIR,  # the teacher's trainer is one of this package's
     )
     from nnunet_hlfd.teacher import read_teacher, teacher_spec_from_path
-    from nnunet_hlfd.trainers import nnUNetTrainerStudent_bench
+    from nnunet_hlfd.trainers import nnUNetTrainerStudent
 
     configuration = json.loads((work / "profile.json").read_text())["configuration"]
-    teacher_folder = work / "nnUNet_results" / dataset / f"{TEACHER_TRAINER}__{PLANS}__{configuration}"
+    teacher_folder = model_folder(work / "nnUNet_results", dataset, TEACHER_TRAINER, PLANS, configuration)
     teacher = read_teacher(teacher_spec_from_path(str(teacher_folder), args.fold, "checkpoint_final.pth", "--work"))
     teacher_network = teacher.build_network(torch.device("cpu")).eval()
     plans = json.loads((work / "nnUNet_preprocessed" / dataset / f"{PLANS}.json").read_text())
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     student_plans = copy.deepcopy(plans)
     student_plans["configurations"][configuration]["hlfd"] = {"teacher": str(teacher_folder)}
     student_plans["continue_training"] = False
-    trainer = nnUNetTrainerStudent_bench(student_plans, configuration, args.fold, dataset_json, torch.device("cpu"))
+    trainer = nnUNetTrainerStudent(student_plans, configuration, args.fold, dataset_json, torch.device("cpu"))
     trainer.initialize()
     if args.student_checkpoint:
         weights = torch.load(args.student_checkpoint, map_location="cpu", weights_only=False)["network_weights"]

@@ -1,66 +1,11 @@
-"""KiTS phantom benchmark: does HLFD beat the student alone and the other KD methods? One command, resumable.
+"""KiTS phantom benchmark, as a script: the same as ``nnunet_hlfd benchmark`` (see nnunet_hlfd/cli/benchmark.py).
 
-    python benchmarks/kits_benchmark.py ../shared/data/kits19 --profile cpu --work benchmarks/work/cpu
-    python benchmarks/kits_benchmark.py ../shared/data/kits19 --profile gpu --work /scratch/kits_gpu --time-limit-min 24
-
-Run the same command again after an interruption (or after a --time-limit-min piece): finished phantoms,
-preprocessing, trainings and predictions are kept, an interrupted training resumes with --c. The steps and the
-profiles are described in nnunet_hlfd/benchmark.py; the report lands in WORK/report/benchmark_report.md (or
---report PATH).
+python benchmarks/kits_benchmark.py ../shared/data/kits19 --profile cpu --work benchmarks/work/cpu
 """
 
-import argparse
 import sys
-from pathlib import Path
 
-from nnunet_hlfd.benchmark import (
-    PROFILES,
-    ROWS,
-    BenchmarkError,
-    Harness,
-    with_folds,
-    with_rows,
-    with_tolerances,
-    with_variants,
-)
-from nnunet_hlfd.conversion.core import ConversionError
-from nnunet_hlfd.errors import DistillationSetupError, EvaluationError, exit_with_message
-from nnunet_hlfd.evaluation.evaluate import parse_tolerances
-from nnunet_hlfd.phantom import PhantomError
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("labels", type=Path, help="a KiTS19 or KiTS23 folder of case_XXXXX/segmentation.nii.gz")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    parser.add_argument("--work", type=Path, required=True, help="working folder (nnU-Net folders, logs, report)")
-    parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), help="compare these rows (default: the profile's)")
-    parser.add_argument(
-        "--variant", nargs=3, action="append", metavar=("NAME", "ROW", "OPTIONS"),
-        help="an extra row: ROW's trainer with other options (JSON), e.g. --variant hlfd_t1 hlfd "
-        "'{\"temperature\": 1}'; trained on the same plans (a copy with these options), schedule and split",
-    )  # fmt: skip
-    parser.add_argument(
-        "--folds", nargs="+", type=int, help="run these cross-validation folds only (default: all of the profile's)"
-    )
-    parser.add_argument(
-        "--tolerance-mm", nargs="+", metavar="MM|NAME=MM",
-        help="NSD's tolerance, as for `nnunet_hlfd evaluate` (default: 1 mm for every label/region); finished "
-        "predictions are evaluated again when it changes",
-    )  # fmt: skip
-    parser.add_argument("--time-limit-min", type=float, help="stop (resumably) before this many minutes are exceeded")
-    parser.add_argument("--report", type=Path, help="also write the report here (e.g. docs/benchmarks.md)")
-    args = parser.parse_args(argv)
-    errors = (BenchmarkError, DistillationSetupError, ConversionError, PhantomError, EvaluationError)
-    with exit_with_message("kits_benchmark", *errors):
-        profile = with_variants(with_folds(with_rows(PROFILES[args.profile], args.rows), args.folds), args.variant)
-        profile = with_tolerances(profile, parse_tolerances(args.tolerance_mm) if args.tolerance_mm else None)
-        report = Harness(profile, args.labels, args.work, args.time_limit_min)(args.report)
-    if report is None:
-        print("stopped at the time limit: run the same command again to continue", file=sys.stderr)
-        return 3
-    return 0
-
+from nnunet_hlfd.cli.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,6 +34,13 @@ def training_subset(keys: list[str], fraction: float, seed: int = 0) -> list[str
     return sorted(ordered[i] for i in order[:count])
 
 
+def disjoint_chunks(cases: list[str], count: int, rng: np.random.RandomState) -> list[list[str]]:
+    """``cases`` shuffled with ``rng`` and cut into ``count`` disjoint chunks of (nearly) equal size, each sorted: the
+    subsets of limit-trained teachers, here and in the benchmark's split."""
+    shuffled = [cases[i] for i in rng.permutation(len(cases))]
+    return [sorted(chunk.tolist()) for chunk in np.array_split(shuffled, count)]
+
+
 # ---- limit-trained teachers --------------------------------------------------------------------------------
 SPLITS_FILE = "splits_final.json"  # nnU-Net's
 ROLES_FILE = "hlfd_splits.json"  # which fold of splits_final.json is which teacher, and which is the student's
@@ -77,8 +84,7 @@ def limit_trained_splits(
         remaining = rest["all"]
         if len(remaining) < num_teachers:
             raise OptionError(f"{len(remaining)} training cases cannot make {num_teachers} non-empty teacher subsets")
-        shuffled = [remaining[i] for i in rng.permutation(len(remaining))]
-        rest = {f"chunk_{i}": sorted(c.tolist()) for i, c in enumerate(np.array_split(shuffled, num_teachers))}
+        rest = {f"chunk_{i}": chunk for i, chunk in enumerate(disjoint_chunks(remaining, num_teachers, rng))}
     empty = [name for name, members in rest.items() if not members]
     if empty or not validation:
         raise OptionError(

@@ -4,6 +4,7 @@ import copy
 import csv
 import json
 import math
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
-from nnunet_hlfd.demo.pipeline import nnunet_environment
+from nnunet_hlfd.demo.pipeline import DEBUG_SCHEDULE, plan_schedule
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
+from nnunet_hlfd.runtime import model_folder as runtime_model_folder
+from nnunet_hlfd.runtime import nnunet_environment
 
 STRIDES = {
     3: [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],  # anisotropic first pooling, as nnU-Net plans it
@@ -152,6 +155,13 @@ def _seed():
     torch.manual_seed(0)
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two test processes share the two cores: one thread each (tiny networks gain nothing from more), and the same
+    # for the nnU-Net commands they start (see nnunet_environment's callers)
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -173,6 +183,24 @@ def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedP
     return result
 
 
+def nnunet_metrics(labels: Path, predictions: Path, model: Path) -> dict:
+    """nnU-Net's own evaluation of a folder of predictions (``compute_metrics`` per case, as
+    ``nnUNetv2_evaluate_folder`` computes it, without its worker pool): ``{"metric_per_case": [...]}``."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    dataset_json = json.loads((model / "dataset.json").read_text())
+    files = sorted(predictions.glob(f"*{dataset_json['file_ending']}"))
+    reader = determine_reader_writer_from_dataset_json(dataset_json, str(files[0]))()
+    labels_manager = PlansManager(str(model / "plans.json")).get_label_manager(dataset_json)
+    classes = labels_manager.foreground_regions if labels_manager.has_regions else labels_manager.foreground_labels
+    return {
+        "metric_per_case": [
+            compute_metrics(str(labels / p.name), str(p), reader, classes, labels_manager.ignore_label) for p in files
+        ]
+    }
+
+
 def assert_same_dice(nnunet_summary: dict, per_case_csv: Path) -> None:
     """Per-case Dice of nnU-Net's summary.json and of ``nnunet_hlfd evaluate``'s CSV agree; nnU-Net's NaN
     (both masks empty) is ours 1."""
@@ -184,7 +212,7 @@ def assert_same_dice(nnunet_summary: dict, per_case_csv: Path) -> None:
     for case in nnunet_summary["metric_per_case"]:
         name = Path(case["prediction_file"]).name.removesuffix(".nii.gz")
         for key, metrics in case["metrics"].items():
-            value = key_to_label_or_region(key)
+            value = key_to_label_or_region(str(key))
             key = str(value[0]) if isinstance(value, tuple) and len(value) == 1 else str(value)
             expected = 1.0 if math.isnan(metrics["Dice"]) else metrics["Dice"]
             assert ours[(name, key)] == pytest.approx(expected, abs=1e-12), (name, key)
@@ -202,21 +230,23 @@ def nnunet_train(
 def nnunet_predict(
     env: dict, dataset_id: int, configuration: str, trainer: str, images, out, plans: str = "nnUNetPlans", fold=0
 ) -> None:
-    """Stock nnUNetv2_predict of one fold on CPU, without test-time mirroring."""
+    """Stock nnUNetv2_predict of one fold on CPU, without test-time mirroring, sequential (-npp 0 -nps 0: no worker
+    processes, each of which would start nnU-Net again)."""
     # fmt: off
     args = ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", configuration,
-            "-f", str(fold), "-tr", trainer, "-p", plans, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"]
+            "-f", str(fold), "-tr", trainer, "-p", plans, "-device", "cpu", "--disable_tta", "-npp", "0", "-nps", "0"]
     # fmt: on
     run(args, env)
 
 
 # ---------------------------------------------------------------------------------------------------
-# one tiny 3D dataset, planned and preprocessed, with a debug teacher: shared by the end-to-end CLI tests
+# one tiny 3D dataset, planned and preprocessed with the debug schedule, with its teacher: shared by the
+# integration tests
 
 DATASET_ID = 990
 DATASET = "Dataset990_HLFDSynthetic"
 CONFIG = "3d_fullres"
-TEACHER = "nnUNetTrainerHLFDTeacher_debug"
+TEACHER = "nnUNetTrainerHLFDTeacher"  # stock nnU-Net with the schedule of the plans (DEBUG_SCHEDULE)
 
 
 TEACHER_DIR = "nnUNetTrainer__nnUNetPlans__3d_fullres"
@@ -238,8 +268,8 @@ def write_teacher(results: Path, plans: dict, dataset_json: dict, fold="0", init
     return model
 
 
-def model_folder(env: dict, trainer: str) -> Path:
-    return Path(env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__{CONFIG}"
+def model_folder(env: dict, trainer: str, plans: str = "nnUNetPlans") -> Path:
+    return runtime_model_folder(env["nnUNet_results"], DATASET, trainer, plans, CONFIG)
 
 
 def train(env: dict, trainer: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -256,6 +286,40 @@ def pipeline(tmp_path_factory):
     env = nnunet_environment(root)
     make_synthetic_dataset(root / "nnUNet_raw", DATASET_ID, num_training=6, num_test=2)
     run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIG, "-np", "1", "-npfp", "1"], env)
+    # every trainer of these tests follows the short schedule, and the students learn from TEACHER
+    plan_schedule(root / "nnUNet_preprocessed" / DATASET, CONFIG, DEBUG_SCHEDULE, TEACHER)
     env["nnUNet_n_proc_DA"] = "0"  # single-threaded augmentation: deterministic and fast on 2 cores
-    train(env, TEACHER)
+    train_in_process(env, TEACHER)
     return env
+
+
+def train_in_process(
+    env: dict,
+    trainer: str,
+    continue_training: bool = False,
+    plans: str = "nnUNetPlans",
+    dataset_id: int = DATASET_ID,
+    configuration: str = CONFIG,
+    fold: int = 0,
+    validate: bool = False,
+    validation_only: bool = False,
+):
+    """What ``nnUNetv2_train DATASET CONFIG FOLD -tr TRAINER [--c | --val] -device cpu`` does (nnU-Net's own
+    ``get_trainer_from_args``, ``maybe_load_checkpoint``, ``run_training`` and, with ``validate``,
+    ``perform_actual_validation``), in this process and with the nnU-Net variables of ``env``. Without ``validate``
+    the final validation is left out: its export workers would start nnU-Net once more."""
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            if key.startswith("nnUNet_"):
+                patch.setenv(key, value)
+        nnunet_trainer = get_trainer_from_args(
+            str(dataset_id), configuration, fold, trainer, plans, continue_training, device=torch.device("cpu")
+        )
+        maybe_load_checkpoint(nnunet_trainer, continue_training, validation_only)
+        if not validation_only:
+            nnunet_trainer.run_training()
+        if validate or validation_only:
+            nnunet_trainer.perform_actual_validation(False)
+    return nnunet_trainer

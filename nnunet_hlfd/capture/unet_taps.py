@@ -11,10 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from nnunet_hlfd.capture.recorder import FeatureRecorder
-
-
-class StageLayoutError(ValueError):
-    """The network (or a pair of networks) does not have the stage layout distillation relies on."""
+from nnunet_hlfd.errors import StageLayoutError
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_hlfd.errors import CaseError, ConversionError
 from nnunet_hlfd.grid import grid, grid_differences, same_grid_exactly
 from nnunet_hlfd.image_files import incomplete
 
@@ -35,10 +36,6 @@ FILE_ENDING = ".nii.gz"
 # Absolute tolerance for image/label geometry: millimetres for spacing and origin, cosines for direction.
 DEFAULT_GEOMETRY_TOLERANCE = 1e-3
 RE_DOWNLOAD = "the file is damaged or incomplete (e.g. an interrupted download or extraction): download it again"
-
-
-class ConversionError(RuntimeError):
-    """The input cannot be converted as it is; the message names the case(s) and the fix."""
 
 
 @dataclass(frozen=True)
@@ -100,18 +97,6 @@ class CaseReport:
     is_test: bool
     output_values: tuple[int, ...] = ()
     label_header_aligned: bool = False
-
-
-class CaseError(Exception):
-    """One case is bad. Its args stay (case_id, problem, fix) so it survives pickling from a worker."""
-
-    def __init__(self, case_id: str, problem: str, fix: str) -> None:
-        super().__init__(case_id, problem, fix)
-        self.case_id = case_id
-
-    def __str__(self) -> str:
-        case_id, problem, fix = self.args
-        return f"{case_id}: {problem}\n    fix: {fix}"
 
 
 @dataclass

@@ -1,13 +1,14 @@
 """The demo: synthetic data -> plan and preprocess -> teacher -> student alone and HLFD student -> predict -> table.
 
-Every step is nnU-Net's own command or API; the only thing the demo adds is the data and the table.
+Every step is nnU-Net's own command or API (planning is ``nnUNetv2_plan_and_preprocess``; training is what
+``nnUNetv2_train`` runs, in this process); the only thing the demo adds is the data and the table.
 """
 
+import contextlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -15,34 +16,47 @@ from pathlib import Path
 
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
 from nnunet_hlfd.evaluation.evaluate import evaluate_folder
-from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
-from nnunet_hlfd.trainers import schedules
+from nnunet_hlfd.runtime import PLANS_BLOCK, SCHEDULE_KEY, model_folder, nnunet_environment, run_nnunet
 
 DATASET_ID = 991
 DATASET_NAME = "HLFDDemo"
 CONFIGURATION = "3d_fullres"
 
 
+# The demo's three models: the teacher follows the plans' schedule with stock nnU-Net (nnUNetTrainerHLFDTeacher),
+# the students learn from it.
+TEACHER, STUDENT, HLFD = "nnUNetTrainerHLFDTeacher", "nnUNetTrainerStudent", "nnUNetTrainerHLFD"
+# A few epochs and iterations, no mirroring (8x faster validation): checks that everything runs, teaches nothing.
+DEBUG_SCHEDULE = {"epochs": 2, "iterations": 3, "val_iterations": 2, "mirroring": False}
+
+
 @dataclass(frozen=True)
 class DemoProfile:
-    teacher: str
-    student: str
-    hlfd: str
+    schedule: dict  # written into the plans (nnunet_hlfd.trainers.planned_schedule), shared by the three models
     num_training: int
     num_test: int
     shape: tuple[int, int, int]
 
 
 PROFILES = {
-    # about 10 minutes on 2 CPU cores
+    # about 10 minutes on 2 CPU cores: long enough for the teacher to clearly beat chance
     "default": DemoProfile(
-        "nnUNetTrainerHLFDTeacher_demo", "nnUNetTrainerStudent_demo", "nnUNetTrainerHLFD_demo", 20, 6, (16, 32, 32)
+        {"epochs": 50, "iterations": 12, "val_iterations": 4, "mirroring": False}, 20, 6, (16, 32, 32)
     ),
-    # a smoke run of the same pipeline (about 2 minutes); its numbers mean nothing
-    "quick": DemoProfile(
-        "nnUNetTrainerHLFDTeacher_debug", "nnUNetTrainerStudent_debug", "nnUNetTrainerHLFD_debug", 6, 2, (16, 32, 32)
-    ),
+    # a smoke run of the same pipeline (about 1 minute); its numbers mean nothing
+    "quick": DemoProfile(DEBUG_SCHEDULE, 6, 2, (16, 32, 32)),
 }
+
+
+def plan_schedule(
+    preprocessed: Path, configuration: str, schedule: dict, teacher: str = TEACHER, plans: str = "nnUNetPlans"
+) -> None:
+    """Write the schedule and the teacher trainer into the dataset's plans, once, before anything trains."""
+    plans_file = preprocessed / f"{plans}.json"
+    written = json.loads(plans_file.read_text())
+    written["configurations"][configuration][SCHEDULE_KEY] = schedule
+    written["configurations"][configuration][PLANS_BLOCK] = {"teacher_trainer": teacher}
+    plans_file.write_text(json.dumps(written, indent=2))
 
 
 def _say(message: str) -> None:
@@ -52,19 +66,53 @@ def _say(message: str) -> None:
 def _run(step: str, args: list[str], env: dict, log: Path, epochs: int | None = None) -> float:
     """Run an nnU-Net command, its output into ``log``; print the epochs as they pass."""
     _say(f"{step}: {' '.join(args)}")
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in process.stdout:
-            f.write(line)
-            match = re.search(r"Epoch (\d+)$", line.strip())
-            if match:
-                print(f"\r  epoch {int(match.group(1)) + 1}/{epochs}", end="", flush=True)
-        process.wait()
+
+    def show(epoch: int) -> None:
+        print(f"\r  epoch {epoch + 1}/{epochs}", end="", flush=True)
+
+    code, elapsed = run_nnunet(args, env, log, on_epoch=show)
+    print(f"\r  done in {elapsed:.0f} s (log: {log})" + " " * 10, flush=True)
+    if code != 0:
+        raise RuntimeError(f"{step} failed (exit code {code}); see {log}")
+    return elapsed
+
+
+class _EpochProgress:
+    """A stream for nnU-Net's output: everything into the log, the epochs it announces as one progress line."""
+
+    def __init__(self, log, terminal, epochs: int):
+        self.log, self.terminal, self.epochs = log, terminal, epochs
+
+    def write(self, text: str) -> int:
+        match = re.search(r"Epoch (\d+)\s*$", text)
+        if match:
+            print(f"\r  epoch {int(match.group(1)) + 1}/{self.epochs}", end="", flush=True, file=self.terminal)
+        return self.log.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
+def _train(step: str, trainer: str, log: Path, epochs: int) -> float:
+    """Train fold 0 as ``nnUNetv2_train`` does (nnU-Net's ``get_trainer_from_args`` and ``run_training``), in this
+    process: no second start-up of nnU-Net for each model, and no validation of fold 0 after training (its workers
+    would start nnU-Net once more; the demo evaluates every model on its held-out test cases instead)."""
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    _say(f"{step}: as nnUNetv2_train {DATASET_ID} {CONFIGURATION} 0 -tr {trainer} -device cpu, in this process")
+    start, terminal = time.perf_counter(), sys.stdout
+    with open(log, "w") as f, contextlib.redirect_stdout(_EpochProgress(f, terminal, epochs)):
+        with contextlib.redirect_stderr(f):
+            try:
+                nnunet_trainer = get_trainer_from_args(
+                    str(DATASET_ID), CONFIGURATION, 0, trainer, device=torch.device("cpu")
+                )
+                nnunet_trainer.run_training()
+            except Exception as error:
+                raise RuntimeError(f"{step} failed ({error!r}); see {log}") from error
     elapsed = time.perf_counter() - start
     print(f"\r  done in {elapsed:.0f} s (log: {log})" + " " * 10, flush=True)
-    if process.returncode != 0:
-        raise RuntimeError(f"{step} failed (exit code {process.returncode}); see {log}")
     return elapsed
 
 
@@ -91,22 +139,6 @@ def _predict(model_folder: Path, images: Path, output: Path) -> tuple[int, float
         seconds.append(time.perf_counter() - start)
         io.write_seg(segmentation, str(output / image.name.replace("_0000.nii.gz", ".nii.gz")), properties)
     return count_parameters(predictor.network), float(np.median(seconds))
-
-
-def nnunet_environment(root: Path) -> dict[str, str]:
-    """This process's environment with nnU-Net's folders under ``root`` and settings for a 2-core CPU run."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    env.update(
-        nnUNet_raw=str(root / "nnUNet_raw"),
-        nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
-        nnUNet_results=str(root / "nnUNet_results"),
-        nnUNet_extTrainer=EXT_TRAINER_DIR,
-        nnUNet_n_proc_DA="1",  # planning crashes with 0; training switches to 0 (no augmentation workers)
-        nnUNet_def_n_proc="1",
-        nnUNet_compile="f",
-        PYTHONUNBUFFERED="1",  # epochs appear as they pass
-    )
-    return env
 
 
 def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = False) -> list[dict]:
@@ -136,28 +168,21 @@ def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = F
         env,
         logs / "plan_and_preprocess.log",
     )
-    env["nnUNet_n_proc_DA"] = "0"
+    dataset = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+    plan_schedule(Path(env["nnUNet_preprocessed"]) / dataset, CONFIGURATION, p.schedule)
+    os.environ["nnUNet_n_proc_DA"] = "0"  # augmentation in this process: no worker start-up, deterministic
     rows = []
     for step, (role, trainer) in enumerate(
-        [("teacher", p.teacher), ("student alone", p.student), ("HLFD student", p.hlfd)], start=3
+        [("teacher", TEACHER), ("student alone", STUDENT), ("HLFD student", HLFD)], start=3
     ):
-        train_s = _run(
-            f"[{step}/6] train the {role} ({trainer})",
-            ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "0", "-tr", trainer, "-device", "cpu"],
-            env,
-            logs / f"train_{trainer}.log",
-            getattr(schedules, trainer).epochs,
+        train_s = _train(
+            f"[{step}/6] train the {role} ({trainer})", trainer, logs / f"train_{trainer}.log", p.schedule["epochs"]
         )
         rows.append({"model": role, "trainer": trainer, "train_s": train_s})
 
     _say("[6/6] predict the test cases with nnU-Net's predictor and evaluate")
     for row in rows:
-        folder = (
-            work
-            / "nnUNet_results"
-            / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
-            / (f"{row['trainer']}__nnUNetPlans__{CONFIGURATION}")
-        )
+        folder = model_folder(env["nnUNet_results"], dataset, row["trainer"], "nnUNetPlans", CONFIGURATION)
         predictions = work / "predictions" / row["trainer"]
         row["parameters"], row["predict_s_per_case"] = _predict(folder, raw / "imagesTs", predictions)
         summary = evaluate_folder(predictions, raw / "labelsTs", raw / "dataset.json", progress=False)

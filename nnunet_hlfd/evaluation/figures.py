@@ -3,13 +3,13 @@
 - :func:`plot_case_contours`: an image slice with the reference's and each model's contours, per case;
 - :func:`plot_attention_maps`: the stage-wise attention maps (channel mean of F², as attention transfer
   and HLFD use them) of several models on the same case, e.g. teacher, student alone and HLFD student;
-- :func:`plot_training_curves`: distillation terms and nnU-Net's losses per epoch, several runs overlaid.
+- :func:`read_training_log`, then :func:`nnunet_hlfd.plots.plot_training_curves`: distillation terms and nnU-Net's
+  losses per epoch, several runs overlaid.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -17,32 +17,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import SimpleITK as sitk
 import torch
-from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
 from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.evaluate import Task, find_dataset_json, read_task
 from nnunet_hlfd.evaluation.trained import case_files, load_predictor, preprocess
-from nnunet_hlfd.files import replaced_atomically
 from nnunet_hlfd.image_files import incomplete
+from nnunet_hlfd.plots import STYLE, save_figure
 
-# nnU-Net's logger sets a large seaborn font scale globally; these figures use their own sizes
-STYLE = {
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "legend.fontsize": 9,
-    "xtick.labelsize": 9,
-    "ytick.labelsize": 9,
-}
 CLASS_COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6")
-
-
-def _save(fig, path: Path) -> Path:
-    with replaced_atomically(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
 
 
 def _window(image: np.ndarray) -> tuple[float, float]:
@@ -122,7 +105,7 @@ def plot_case_contours(
             fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
             fig.suptitle(f"{case}, slice {z}")
             fig.tight_layout(rect=(0, 0.08, 1, 1))
-            written.append(_save(fig, output / f"{case}_contours.png"))
+            written.append(save_figure(fig, output / f"{case}_contours.png"))
     return written
 
 
@@ -214,13 +197,10 @@ def plot_attention_maps(
                 ax.set_yticks([])
         fig.suptitle(f"{case}: stage-wise attention (channel mean of F², per map scaled to [0, 1])")
         fig.tight_layout()
-        return _save(fig, output / f"{case}_attention.png")
+        return save_figure(fig, output / f"{case}_attention.png")
 
 
 # ---- training curves ------------------------------------------------------------------------------------
-TRAINING_KEYS = ("train_losses", "val_losses", "ema_fg_dice")
-
-
 def read_training_log(path: Path) -> dict[str, dict[str, list]]:
     """Per fold of a results folder (or for one fold folder): nnU-Net's per-epoch log from the newest checkpoint."""
     path = Path(path)
@@ -235,39 +215,3 @@ def read_training_log(path: Path) -> dict[str, dict[str, list]]:
     if not logs:
         raise EvaluationError(f"no checkpoint_final.pth or checkpoint_latest.pth under {path}")
     return logs
-
-
-def plot_training_curves(
-    runs: dict[str, dict[str, list]], output: Path, keys: list[str] | None = None, title: str = ""
-) -> Path:
-    """One panel per logged quantity (distillation terms ``kd_*`` first, then nnU-Net's losses and EMA
-    pseudo Dice), one line per run; distillation terms on a log scale."""
-    if keys is None:
-        logged = {k for log in runs.values() for k in log}
-        keys = sorted(k for k in logged if k.startswith("kd_")) + [k for k in TRAINING_KEYS if k in logged]
-    if not keys:
-        raise EvaluationError("the logs hold no distillation terms or losses to plot")
-    columns = min(3, len(keys))
-    rows = math.ceil(len(keys) / columns)
-    colours = dict(zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(runs)))
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows + 0.4), squeeze=False)
-        for ax, key in zip(axes.flat, keys):
-            for run, log in runs.items():
-                values = np.asarray(log.get(key, []), dtype=np.float64)
-                if values.size:
-                    ax.plot(np.arange(values.size), values, label=run, color=colours[run], linewidth=1.8)
-            ax.set_title(key[3:] if key.startswith("kd_") else key)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            positive = [v for log in runs.values() for v in log.get(key, []) if v == v]
-            if key.startswith("kd_") and positive and min(positive) > 0:
-                ax.set_yscale("log")
-        for ax in list(axes.flat)[len(keys) :]:
-            ax.axis("off")
-        handles = [plt.Line2D([], [], color=colours[run], linewidth=1.8, label=run) for run in runs]
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout(rect=(0, 0.4 / (3.2 * rows + 0.4) + 0.02, 1, 1))
-        return _save(fig, output)

@@ -6,6 +6,7 @@ the adapters, and turns one training batch into the method's loss terms, so a tr
 adds distillation to a step in three calls.
 """
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,16 +38,22 @@ def trained_decoder_stages(n_stages: int) -> tuple[int, ...]:
 
 @dataclass
 class Captured:
-    """Tensors of one forward pass, keyed by stage index.
+    """Tensors of one forward pass of a U-Net with ``n_stages`` encoder stages, keyed by stage index.
 
     ``logits[j]`` are the deep-supervision logits of decoder stage j (j = 0 is the lowest resolution,
-    j = n-2 the network's final prediction), for the stages whose head nnU-Net trains only
+    j = n-2 = :attr:`final` the network's final prediction), for the stages whose head nnU-Net trains only
     (:func:`trained_decoder_stages`): the untrained lowest head is never handed to a method.
     """
 
+    n_stages: int
     encoder: dict[int, torch.Tensor] = field(default_factory=dict)
     decoder: dict[int, torch.Tensor] = field(default_factory=dict)
     logits: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def final(self) -> int:
+        """The decoder stage of the network's final prediction."""
+        return self.n_stages - 2
 
 
 @dataclass(frozen=True)
@@ -55,12 +62,26 @@ class Taps:
     decoder: tuple[int, ...] = ()
 
 
+# What a method's loss() may read besides the captured tensors, the adapters and ``regions``, each passed by name:
+# "valid": per decoder stage, False where nnU-Net's ignore label is (None without one);
+# "targets": nnU-Net's deep-supervision targets per decoder stage (a method declaring it has a ``targets`` parameter).
+LOSS_INPUTS = ("valid", "targets")
+
+
 class DistillationMethod(ABC):
     """A distillation method as a declaration; subclasses hold no tensors and build no modules per call."""
 
     name: str
     term_names: tuple[str, ...]
-    uses_targets: bool = False  # loss() also receives nnU-Net's deep-supervision targets (``targets=``)
+    inputs: tuple[str, ...] = ("valid",)  # of LOSS_INPUTS: what loss() reads (an instance may declare its own)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.inputs) - set(LOSS_INPUTS)
+        if unknown:
+            raise TypeError(f"{cls.__name__}.inputs: {sorted(unknown)} are not loss inputs {LOSS_INPUTS}")
+        if "targets" not in inspect.signature(cls.loss).parameters:
+            raise TypeError(f"{cls.__name__}.loss has no targets parameter: the Distiller passes it by name")
 
     @abstractmethod
     def student_taps(self, n_stages: int) -> Taps: ...
@@ -96,11 +117,12 @@ class DistillationMethod(ABC):
         adapters: nn.Module | None,
         valid: dict[int, torch.Tensor | None],
         regions: bool,
+        targets: dict[int, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss terms by name (``term_names``) plus ``'total'``, the weighted sum added to nnU-Net's loss.
 
-        Methods with ``uses_targets`` also get ``targets``: nnU-Net's deep-supervision targets, keyed by
-        decoder stage like ``valid``.
+        ``targets`` (nnU-Net's deep-supervision targets, keyed by decoder stage like ``valid``) is given to methods
+        whose :attr:`inputs` declare it, None to the others.
         """
 
 
@@ -224,17 +246,17 @@ class Distiller:
         """The method's loss terms for the last recorded student forward; releases the recorded tensors.
 
         ``targets``: nnU-Net's deep-supervision targets by decoder stage (see :func:`by_decoder_stage`), needed
-        by methods with ``uses_targets``. ``progress`` (epoch / epochs) scales ``total`` by the method's
-        :meth:`~DistillationMethod.weight_at`; the other terms are returned unscaled.
+        by methods that declare them in :attr:`~DistillationMethod.inputs`. ``progress`` (epoch / epochs) scales
+        ``total`` by the method's :meth:`~DistillationMethod.weight_at`; the other terms are returned unscaled.
         """
         student = self._captured(self.student_recorder.outputs, student_output)
-        extra = {}
-        if self.method.uses_targets:
-            if targets is None:
-                raise ValueError(f"{type(self.method).__name__} needs the segmentation targets")
-            extra["targets"] = targets
+        wants_targets = "targets" in self.method.inputs
+        if wants_targets and targets is None:
+            raise ValueError(f"{type(self.method).__name__} needs the segmentation targets")
         try:
-            terms = self.method.loss(student, teacher, self.adapters, valid, self.regions, **extra)
+            terms = self.method.loss(
+                student, teacher, self.adapters, valid, self.regions, targets=targets if wants_targets else None
+            )
         finally:
             self.student_recorder.clear()
         scale = self.method.weight_at(progress)
@@ -243,7 +265,7 @@ class Distiller:
     def _captured(self, outputs: dict[str, torch.Tensor], network_output) -> Captured:
         trained = trained_decoder_stages(self.n_stages)
         logits = by_decoder_stage(network_output, self.n_stages)
-        captured = Captured(logits={j: x for j, x in logits.items() if j in trained})
+        captured = Captured(self.n_stages, logits={j: x for j, x in logits.items() if j in trained})
         for name, tensor in outputs.items():
             part, index = name.split(".")
             getattr(captured, part)[int(index)] = tensor

@@ -133,7 +133,7 @@ def multi_scale_contrastive_loss(
 class MultiScaleContrastiveKD(DistillationMethod):
     name = "multi_scale_contrastive"
     term_names = ("feature", "contrastive")
-    uses_targets = True
+    inputs = ("valid", "targets")
 
     def __init__(self, config: MultiScaleContrastiveConfig = MultiScaleContrastiveConfig()):
         self.config = config

@@ -33,7 +33,9 @@ class ChannelWiseDistillation(DistillationMethod):
     def teacher_taps(self, n_stages: int) -> Taps:
         return Taps()
 
-    def loss(self, student: Captured, teacher: Captured, adapters, valid, regions: bool) -> dict[str, torch.Tensor]:
-        final = max(teacher.logits)
+    def loss(
+        self, student: Captured, teacher: Captured, adapters, valid, regions: bool, targets=None
+    ) -> dict[str, torch.Tensor]:
+        final = teacher.final
         value = cwd_loss(student.logits[final], teacher.logits[final], self.config.temperature, valid.get(final))
         return {"cwd": value, "total": self.config.weight * value}

@@ -56,6 +56,8 @@ class FitNets(DistillationMethod):
             student.conv_op,
         )
 
-    def loss(self, student: Captured, teacher: Captured, adapters, valid, regions: bool) -> dict[str, torch.Tensor]:
+    def loss(
+        self, student: Captured, teacher: Captured, adapters, valid, regions: bool, targets=None
+    ) -> dict[str, torch.Tensor]:
         hint = fitnets_loss(adapters(student.encoder), teacher.encoder)
         return {"hint": hint, "total": self.config.weight * hint}

@@ -273,7 +273,8 @@ class HLFD(DistillationMethod):
 
     def __init__(self, config: HLFDConfig = HLFDConfig()):
         self.config = config
-        self.uses_targets = config.plfd_divergence == "class_balanced_kl"  # the balanced KL needs the classes
+        if config.plfd_divergence == "class_balanced_kl":  # the balanced KL needs the classes
+            self.inputs = ("valid", "targets")
 
     def mapping(self, n_stages: int) -> HLFDStageMapping:
         return hlfd_stage_mapping(n_stages, self.config.flfd_mapping)
@@ -306,7 +307,7 @@ class HLFD(DistillationMethod):
     def loss(
         self, student: Captured, teacher: Captured, adapters, valid, regions: bool, targets=None
     ) -> dict[str, torch.Tensor]:
-        m = self.mapping(max(teacher.logits) + 2)
+        m = self.mapping(teacher.n_stages)
         stages = self._pixel_stages(m)
         if adapters is None and not set(stages) <= set(student.logits):
             raise RuntimeError(
@@ -315,7 +316,7 @@ class HLFD(DistillationMethod):
             )
         student_logits = adapters(student.decoder) if adapters is not None else student.logits
         classes = None
-        if self.uses_targets:
+        if "targets" in self.inputs:
             num_outputs = student_logits[m.plfd_individual_teacher].shape[1]
             classes = {j: voxel_classes(targets[j], regions, num_outputs) for j in stages}
         return hlfd_loss(

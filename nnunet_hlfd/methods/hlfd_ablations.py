@@ -99,7 +99,7 @@ def concatenated_prediction(per_stage_logits: dict[int, torch.Tensor], size: tup
 class ConcatenatedFeedback(StagePairMethod):
     """``cat_feedback_ours``: the student's intermediate stages, concatenated, against the teacher's final layer."""
 
-    name = "concatenated_feedback"
+    name = "hlfd_concatenated_feedback"
     term_names = ("pixel", "feature", "pixel_concatenated", "feature_concatenated")
 
     def __init__(self, config: ConcatenatedFeedbackConfig = ConcatenatedFeedbackConfig()):
@@ -118,9 +118,11 @@ class ConcatenatedFeedback(StagePairMethod):
             {j: student.decoder_channels[j] for j in range(student.n_stages - 2)}, num_classes, student.conv_op
         )
 
-    def loss(self, student: Captured, teacher: Captured, adapters, valid, regions: bool) -> dict[str, torch.Tensor]:
+    def loss(
+        self, student: Captured, teacher: Captured, adapters, valid, regions: bool, targets=None
+    ) -> dict[str, torch.Tensor]:
         terms = super().loss(student, teacher, adapters, valid, regions)
-        n = max(teacher.logits) + 2
+        n = teacher.n_stages
         final, bottleneck = n - 2, n - 1
         c, T, p = self.config, self.config.temperature, self.config.exponent
         target = soft_probabilities(teacher.logits[final], T, regions)

@@ -136,7 +136,7 @@ class MultiTeacherConfig:
 class MultiTeacherKD(DistillationMethod):
     name = "multi_teacher"
     term_names = ("kl", "feature", "lovasz")
-    uses_targets = True
+    inputs = ("valid", "targets")
 
     def __init__(self, config: MultiTeacherConfig = MultiTeacherConfig()):
         if config.combination not in COMBINATIONS:
@@ -149,7 +149,7 @@ class MultiTeacherKD(DistillationMethod):
     teacher_taps = student_taps
 
     def summarize_teacher(self, captured: Captured, regions: bool) -> TeacherSummary:
-        logits = captured.logits[max(captured.logits)]
+        logits = captured.logits[captured.final]
         attention = {
             i: F.normalize(attention_map(f, self.config.exponent).flatten(1), dim=1).view_as(f[:, :1]).float()
             for i, f in captured.encoder.items()
@@ -169,7 +169,7 @@ class MultiTeacherKD(DistillationMethod):
         )
 
     def loss(self, student, teacher, adapters, valid, regions, targets=None) -> dict[str, torch.Tensor]:
-        final = max(student.logits)
+        final = student.final
         return multi_teacher_loss(
             student.logits[final], student.encoder, teacher, targets[final], valid.get(final), self.config, regions
         )

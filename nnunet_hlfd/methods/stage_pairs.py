@@ -100,8 +100,10 @@ class StagePairMethod(DistillationMethod):
     def teacher_taps(self, n_stages: int) -> Taps:
         return Taps(encoder=tuple(sorted({p.teacher for p in self.pairs_for(n_stages).feature})))
 
-    def loss(self, student: Captured, teacher: Captured, adapters, valid, regions: bool) -> dict[str, torch.Tensor]:
-        pairs = self.pairs_for(max(teacher.logits) + 2)
+    def loss(
+        self, student: Captured, teacher: Captured, adapters, valid, regions: bool, targets=None
+    ) -> dict[str, torch.Tensor]:
+        pairs = self.pairs_for(teacher.n_stages)
         require_deep_supervision(student, pairs, type(self).__name__)
         zero = next(iter(student.logits.values())).new_zeros((), dtype=torch.float32)
         pixel = (

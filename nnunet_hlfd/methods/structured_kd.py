@@ -57,8 +57,10 @@ class StructuredKD(DistillationMethod):
     def teacher_taps(self, n_stages: int) -> Taps:
         return Taps(decoder=(n_stages - 2,))
 
-    def loss(self, student: Captured, teacher: Captured, adapters, valid, regions: bool) -> dict[str, torch.Tensor]:
-        final = max(teacher.logits)
+    def loss(
+        self, student: Captured, teacher: Captured, adapters, valid, regions: bool, targets=None
+    ) -> dict[str, torch.Tensor]:
+        final = teacher.final
         pairwise = pairwise_similarity_loss(student.decoder[final], teacher.decoder[final], self.config.pool_scale)
         target = soft_probabilities(teacher.logits[final], 1.0, regions)
         pixelwise = soft_kl(student.logits[final], target, 1.0, regions, valid.get(final))

@@ -1,7 +1,10 @@
-"""Refuse a teacher that cannot teach this student: other data, other labels, other preprocessing, other fold."""
+"""Refuse a teacher that cannot teach this student: other data, other labels, other preprocessing, other fold
+(or, for several teachers, cases the student validates on)."""
 
 from nnunet_hlfd.errors import TeacherMismatchError
-from nnunet_hlfd.teacher.load import Teacher
+from nnunet_hlfd.teacher.leakage import check_teachers_do_not_leak
+from nnunet_hlfd.teacher.load import Teacher, read_teacher
+from nnunet_hlfd.teacher.locate import TeacherSpec
 
 # Keys of a configuration that determine the preprocessed data (nnU-Net's "when you must rerun preprocessing").
 PREPROCESSING_KEYS = (
@@ -74,3 +77,32 @@ def check_teacher(teacher: Teacher, plans: dict, configuration: dict, dataset_js
             'layout), or point nnUNet_hlfd_teacher / the plans block "hlfd": {"teacher": ...} at such a '
             "model. Nothing has been written."
         )
+
+
+def read_and_check_teachers(
+    specs: list[TeacherSpec], plans: dict, configuration: dict, dataset_json: dict, fold, many: bool = False
+) -> list[Teacher]:
+    """Read every teacher and refuse, before anything is written, any that cannot teach this student.
+
+    One teacher must be of the student's fold. Several (``many``, multi-teacher KD) are of other folds by design:
+    every problem of every teacher is listed at once, and the splits are checked for leakage instead.
+    """
+    teachers = [read_teacher(spec) for spec in specs]
+    if not many:
+        for teacher in teachers:
+            check_teacher(teacher, plans, configuration, dataset_json, fold)
+        return teachers
+    problems = [
+        f"{t.spec.describe()}: {problem}"
+        for t in teachers
+        for problem in teacher_problems(t, plans, configuration, dataset_json, fold, same_fold=False)
+    ]
+    if problems:
+        raise TeacherMismatchError(
+            "These teachers cannot teach this student:\n  - "
+            + "\n  - ".join(problems)
+            + "\nEvery teacher must be trained on the same dataset, labels and preprocessing as the student. "
+            "Nothing has been written."
+        )
+    check_teachers_do_not_leak(teachers, plans, dataset_json, fold)
+    return teachers

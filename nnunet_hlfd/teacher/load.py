@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from nnunet_hlfd.errors import TeacherNotFoundError
-from nnunet_hlfd.teacher.locate import TEACHER_ENV, TeacherSpec
+from nnunet_hlfd.runtime import TEACHER_ENV
+from nnunet_hlfd.teacher.locate import TeacherSpec
 
 
 @dataclass

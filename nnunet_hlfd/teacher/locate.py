@@ -1,12 +1,10 @@
-"""Where the teacher is: nnU-Net's default results layout, or a path given by the user."""
+"""A teacher's place: a checkpoint in an nnU-Net results folder, and how a path given by the user names one."""
 
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nnunet_hlfd.errors import TeacherNotFoundError
-
-TEACHER_ENV = "nnUNet_hlfd_teacher"
 
 
 @dataclass(frozen=True)
@@ -31,13 +29,6 @@ class TeacherSpec:
 
     def as_record(self) -> dict:
         return asdict(self)
-
-
-def default_teacher_spec(
-    results_root: str, dataset_name: str, trainer: str, plans_name: str, configuration: str, fold, checkpoint_name: str
-) -> TeacherSpec:
-    folder = Path(results_root) / dataset_name / f"{trainer}__{plans_name}__{configuration}"
-    return TeacherSpec(str(folder), str(fold), checkpoint_name, "default")
 
 
 def teacher_spec_from_path(path: str, student_fold, checkpoint_name: str, source: str) -> TeacherSpec:

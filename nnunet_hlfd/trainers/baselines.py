@@ -59,7 +59,7 @@ class nnUNetTrainerCWD(nnUNetTrainerDistillation):
     config = CWDConfig()
 
 
-class nnUNetTrainerSKD(nnUNetTrainerDistillation):
+class nnUNetTrainerStructuredKD(nnUNetTrainerDistillation):
     """Structured KD: pair-wise affinity of the last decoder features + pixel-wise KD."""
 
     method_class = StructuredKD

@@ -21,18 +21,16 @@ from torch import autocast
 from nnunet_hlfd.adapters import count_parameters
 from nnunet_hlfd.capture import unwrap
 from nnunet_hlfd.errors import OptionError, TeacherMismatchError
-from nnunet_hlfd.evaluation.figures import plot_training_curves
 from nnunet_hlfd.files import replaced_atomically
 from nnunet_hlfd.methods import DistillationMethod, Distiller
 from nnunet_hlfd.methods.base import by_decoder_stage, valid_masks
-from nnunet_hlfd.teacher import Teacher, TeacherSpec, check_teacher, read_teacher, read_teacher_json
+from nnunet_hlfd.plots import plot_training_curves
+from nnunet_hlfd.runtime import FINAL_CHECKPOINT, OVERWRITE_ENV, TEACHER_RECORD_FILE
+from nnunet_hlfd.teacher import TeacherSpec, read_and_check_teachers, read_teacher_json
 from nnunet_hlfd.trainers.option_checks import build_config
-from nnunet_hlfd.trainers.student import TEACHER_RECORD_FILE, nnUNetTrainerStudent
+from nnunet_hlfd.trainers.student import nnUNetTrainerStudent
 
 CHECKPOINT_KEY = "distillation"
-# Set to 1 to train a finished student again from scratch (without --c), over its fold folder.
-OVERWRITE_ENV = "nnUNet_hlfd_overwrite"
-FINAL_CHECKPOINT = "checkpoint_final.pth"
 GRAD_CLIP = 12  # nnU-Net's
 
 
@@ -57,6 +55,17 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
 
     method_class: type[DistillationMethod]
     config = None  # a frozen dataclass instance: the method's hyper-parameters
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # the config's fields and the student's options share one plans block: a field of the same name would
+        # silently take the option's value (or the option the field's)
+        clashes = sorted(set(asdict(cls.config)) & set(cls.student_option_names())) if cls.config else []
+        if clashes:
+            raise TypeError(
+                f"{cls.__name__}: the fields {clashes} of {type(cls.config).__name__} are also student options; "
+                "rename them."
+            )
 
     @classmethod
     def option_defaults(cls) -> dict:
@@ -107,17 +116,13 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
         self.kd_log_keys = [f"kd_{name}" for name in self.method.term_names] + ["kd_total"]
         self._add_log_keys()
 
-    def _read_teachers(self, plans: dict, configuration: dict, dataset_json: dict, fold) -> list[Teacher]:
-        """Read and check every teacher before anything is written."""
-        teachers = [read_teacher(spec) for spec in self.teacher_specs]
-        for teacher in teachers:
-            check_teacher(teacher, plans, configuration, dataset_json, fold)
-        return teachers
-
     def _teacher_configuration(
         self, spec: TeacherSpec, plans: dict, configuration: str, own: dict, dataset_json: dict, fold
     ) -> dict:
-        self.teacher_models = self._read_teachers(plans, own, dataset_json, fold)
+        # every teacher read and checked before anything is written
+        self.teacher_models = read_and_check_teachers(
+            self.teacher_specs, plans, own, dataset_json, fold, self.many_teachers
+        )
         self.derived_from = str(Path(spec.model_folder) / "plans.json")
         return self.teacher_models[0].configuration_dict()
 

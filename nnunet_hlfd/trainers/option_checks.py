@@ -12,8 +12,8 @@ from dataclasses import fields
 from typing import Any
 
 from nnunet_hlfd.errors import OptionError
+from nnunet_hlfd.runtime import PLANS_BLOCK, SCHEDULE_KEY
 
-PLANS_BLOCK = "hlfd"
 # hyper-parameters by name: loss weights may be 0 (the term is off), scales must be positive
 NON_NEGATIVE = ("alpha", "beta", "weight")
 POSITIVE = ("temperature", "exponent", "anchors_per_class", "pool_scale")
@@ -88,3 +88,26 @@ def check_student_options(options: dict) -> None:
             raise refuse(name, options[name], "a non-empty string")
     if not _is_whole(options["fraction_seed"]):
         raise refuse("fraction_seed", options["fraction_seed"], "a whole number")
+
+
+SCHEDULE_FIELDS = {"epochs": 1, "iterations": 1, "val_iterations": 1}  # whole numbers, at least this
+
+
+def check_schedule(schedule: Any, configuration: str) -> None:
+    """A planned schedule block (:mod:`nnunet_hlfd.trainers.planned_schedule`): whole epochs and iterations,
+    true/false mirroring, a whole seed or null."""
+    where = f'plans configuration {configuration}: schedule "{SCHEDULE_KEY}"'
+    if not isinstance(schedule, dict):
+        raise OptionError(f'{where} is {schedule!r}, not a block like {{"epochs": 50, "iterations": 25, ...}}.')
+    known = {*SCHEDULE_FIELDS, "mirroring", "test_time_mirroring", "seed"}
+    unknown, missing = sorted(set(schedule) - known), sorted({*SCHEDULE_FIELDS, "mirroring"} - set(schedule))
+    if unknown or missing:
+        raise OptionError(f"{where}: unknown keys {unknown}, missing keys {missing}. Valid keys: {sorted(known)}.")
+    for name, least in SCHEDULE_FIELDS.items():
+        if not _is_whole(schedule[name]) or schedule[name] < least:
+            raise OptionError(f'{where}: "{name}": {schedule[name]!r} is not a whole number ≥ {least}.')
+    for name in ("mirroring", "test_time_mirroring"):
+        if schedule.get(name) is not None and not isinstance(schedule[name], bool):
+            raise OptionError(f'{where}: "{name}": {schedule[name]!r} is not true or false.')
+    if schedule.get("seed") is not None and not _is_whole(schedule["seed"]):
+        raise OptionError(f'{where}: "seed": {schedule["seed"]!r} is not a whole number (or null).')

@@ -2,12 +2,12 @@
 
 Options are class attributes (variants override them, nnU-Net style) and can be overridden per dataset by a
 ``"hlfd"`` block in the plans configuration; the resolved options are recorded in the results ``plans.json``.
+Which teacher a student learns from is decided in :mod:`nnunet_hlfd.teacher`; this module asks it.
 """
 
 import copy
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,20 +17,14 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_hlfd.adapters import count_parameters
 from nnunet_hlfd.capture import unwrap
-from nnunet_hlfd.errors import OptionError, TeacherNotFoundError
+from nnunet_hlfd.errors import OptionError
 from nnunet_hlfd.planning import check_stage_alignment, derive_student_architecture, student_configuration
+from nnunet_hlfd.runtime import PLANS_BLOCK, TEACHER_RECORD_FILE, model_folder
 from nnunet_hlfd.splits import TRAINING_CASES_FILE, check_fraction, training_subset
-from nnunet_hlfd.teacher import (
-    TEACHER_ENV,
-    TeacherSpec,
-    default_teacher_spec,
-    file_sha256,
-    read_teacher_json,
-    teacher_spec_from_path,
-)
-from nnunet_hlfd.trainers.option_checks import PLANS_BLOCK, check_student_options
+from nnunet_hlfd.teacher import TeacherSpec, read_teacher_json, resolve_teachers
+from nnunet_hlfd.trainers.option_checks import check_student_options
+from nnunet_hlfd.trainers.planned_schedule import PlannedSchedule
 
-TEACHER_RECORD_FILE = "hlfd_teacher.json"
 RECORD_KEYS = ("derived_from", "teacher_used")  # written by the trainer into the results plans, not options
 STUDENT_OPTIONS = (
     "width",
@@ -45,18 +39,11 @@ STUDENT_OPTIONS = (
 )
 
 
-def same_checkpoints(specs: list[TeacherSpec], sha256s: list[str | None]) -> bool:
-    """Are these the recorded checkpoints (byte for byte), wherever they lie now?"""
-    return len(specs) == len(sha256s) and all(
-        sha is not None and spec.checkpoint_path.is_file() and file_sha256(spec.checkpoint_path) == sha
-        for spec, sha in zip(specs, sha256s)
-    )
-
-
-class nnUNetTrainerStudent(nnUNetTrainer):
+class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
     """The student alone: the teacher's configuration with fewer features per stage, trained without a teacher.
 
-    The same plan and schedule as the distillation trainers, so it is the fair baseline for them.
+    The same plan and schedule as the distillation trainers (nnU-Net's, or the plans' ``"hlfd_schedule"``), so it
+    is the fair baseline for them.
     """
 
     width: float = 0.5  # features per stage = round(teacher's * width)
@@ -68,6 +55,8 @@ class nnUNetTrainerStudent(nnUNetTrainer):
     teacher_checkpoint: str = "checkpoint_final.pth"
     training_fraction: float = 1.0  # train on this seeded share of the fold's training cases (the teacher: all)
     fraction_seed: int = 0
+    many_teachers = False  # True: several teachers (multi-teacher KD), located and checked together
+    extra_options: tuple[str, ...] = ()  # options of a subclass beyond STUDENT_OPTIONS (class attributes)
 
     def __init__(
         self,
@@ -82,8 +71,12 @@ class nnUNetTrainerStudent(nnUNetTrainer):
 
     # ---- options -----------------------------------------------------------------------------------------
     @classmethod
+    def student_option_names(cls) -> tuple[str, ...]:
+        return (*STUDENT_OPTIONS, *cls.extra_options)
+
+    @classmethod
     def option_defaults(cls) -> dict:
-        return {name: getattr(cls, name) for name in STUDENT_OPTIONS}
+        return {name: getattr(cls, name) for name in cls.student_option_names()}
 
     def _read_options(self, configuration: dict) -> dict:
         block = configuration.get(PLANS_BLOCK, {})
@@ -104,74 +97,19 @@ class nnUNetTrainerStudent(nnUNetTrainer):
     def _output_folder(self, plans: dict, configuration: str, fold) -> Path | None:
         if not nnUNet_results.is_set():
             return None
-        name = f"{type(self).__name__}__{plans['plans_name']}__{configuration}"
-        return Path(nnUNet_results.get()) / plans["dataset_name"] / name / f"fold_{fold}"
-
-    def _requested_teachers(self, fold) -> list[TeacherSpec] | None:
-        """The teacher(s) the user named (environment, plans block or class), or None for the default."""
-        options = self.hlfd_options
-        checkpoint = options["teacher_checkpoint"]
-        if os.environ.get(TEACHER_ENV):
-            return [
-                teacher_spec_from_path(os.environ[TEACHER_ENV], fold, checkpoint, f"environment variable {TEACHER_ENV}")
-            ]
-        if options["teacher"]:
-            where = f'plans block "{PLANS_BLOCK}"' if "teacher" in self._options_from_plans else "trainer class"
-            return [teacher_spec_from_path(options["teacher"], fold, checkpoint, where)]
-        return None
-
-    def _default_teachers(self, plans: dict, configuration: str, fold) -> list[TeacherSpec]:
-        """nnU-Net's results layout: the teacher trainer's model of the same plans, configuration and fold."""
-        options = self.hlfd_options
-        return [
-            default_teacher_spec(
-                nnUNet_results.get(),
-                plans["dataset_name"],
-                options["teacher_trainer"],
-                options["teacher_plans"] or plans["plans_name"],
-                options["teacher_configuration"] or configuration,
-                fold,
-                options["teacher_checkpoint"],
-            )
-        ]
+        trainer, plans_name = type(self).__name__, plans["plans_name"]
+        return (
+            model_folder(nnUNet_results.get(), plans["dataset_name"], trainer, plans_name, configuration)
+            / f"fold_{fold}"
+        )
 
     def _teacher_specs(self, plans: dict, configuration: str, fold) -> list[TeacherSpec]:
-        """The teacher(s): those recorded when resuming, else those requested, else the default."""
-        requested = self._requested_teachers(fold)
+        """The teacher(s), found by :func:`nnunet_hlfd.teacher.resolve_teachers` (recorded, requested, default)."""
         output_folder = self._output_folder(plans, configuration, fold)
         record_file = output_folder / TEACHER_RECORD_FILE if output_folder else None
-        if plans.get("continue_training") and record_file is not None and record_file.is_file():
-            entries = json.loads(record_file.read_text())
-            entries = entries.get("teachers", [entries])
-            recorded = [TeacherSpec(**{**e["spec"], "source": f"recorded in {record_file}"}) for e in entries]
-            paths = [spec.checkpoint_path for spec in recorded]
-            hashes = [e.get("teacher", {}).get("sha256") for e in entries]
-            if requested is not None and [spec.checkpoint_path for spec in requested] != paths:
-                if same_checkpoints(requested, hashes):  # the recorded teacher, moved or remounted
-                    return [
-                        replace(spec, source=f"{spec.source}; the same checkpoint as recorded at {path}, moved")
-                        for spec, path in zip(requested, paths)
-                    ]
-                raise OptionError(
-                    f"This run was started with the teacher(s) {', '.join(map(str, paths))}, but "
-                    f"{', '.join(spec.describe() for spec in requested)} is requested now, and its checkpoint is "
-                    "another one (its sha256 differs from the recorded one). Resume with the recorded teacher(s) "
-                    "(unset the environment variable or plans option), or train into a new results folder."
-                )
-            gone = [path for path in paths if not path.is_file()]
-            if gone:
-                raise TeacherNotFoundError(
-                    f"The teacher recorded for this run is gone: {', '.join(map(str, gone))} (moved, or its disk "
-                    f"not mounted?). If it moved, point {TEACHER_ENV} at its new place (the results folder, its "
-                    "fold folder or the checkpoint): a checkpoint with the recorded sha256 "
-                    f"({', '.join(h[:12] + '…' for h in hashes if h)}) is accepted as the same teacher."
-                )
-            return recorded
-        if requested is not None:
-            return requested
-        if not nnUNet_results.is_set():
-            raise OptionError("nnUNet_results is not set: the teacher cannot be located (and nnU-Net cannot train).")
-        return self._default_teachers(plans, configuration, fold)
+        return resolve_teachers(
+            plans, configuration, fold, self.hlfd_options, self._options_from_plans, record_file, self.many_teachers
+        )
 
     def _teacher_configuration(
         self, spec: TeacherSpec, plans: dict, configuration: str, own: dict, dataset_json: dict, fold

@@ -1,35 +1,32 @@
-"""The KiTS benchmark harness: its split, its jobs, its plan changes, and one smoke run end to end (stopped by its
-time limit after the preparation, then continued) on real KiTS label maps."""
+"""The KiTS benchmark harness in pieces: its split, its jobs, its plan changes, its refusals, the seeds it plans
+(the smoke run end to end is in tests/integration/test_benchmark_smoke.py)."""
 
 import json
-import subprocess
-import sys
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_data
 
 from nnunet_hlfd.benchmark import (
     PROFILES,
     ROWS,
-    BenchmarkError,
     Harness,
     Schedule,
     benchmark_splits,
     dice_summary,
     half_teacher_folds,
     planned_jobs,
+    reproducing_command,
     row_job,
     with_folds,
     with_rows,
     with_variants,
 )
+from nnunet_hlfd.errors import BenchmarkError
 from nnunet_hlfd.splits import check_no_leakage
 from nnunet_hlfd.trainers import TRAINERS
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kits_benchmark.py"
 
 
 def test_split_holds_out_a_test_set_and_nests_the_limit_trained_teachers():
@@ -56,7 +53,7 @@ def test_every_row_is_a_benchmark_trainer_and_teachers_train_first():
     assert set(ROWS.values()) <= set(TRAINERS)  # multi-teacher and contrastive KD included
     for name in ("hlfd", "hlfd_paper", "student", "cwd", "logit_kd", "at"):
         assert name in PROFILES["cpu"].rows
-    profile = with_rows(PROFILES["cpu"], ["hlfd", "multi_teacher", "contrastive"])
+    profile = with_rows(PROFILES["cpu"], ["hlfd", "multi_teacher", "multi_scale_contrastive"])
     jobs = planned_jobs(profile)
     trains = [j for j in jobs if j.kind == "train"]
     assert [j.kind for j in jobs] == ["train"] * len(trains) + ["predict"] * (len(jobs) - len(trains))
@@ -78,7 +75,7 @@ def test_a_subset_of_folds_keeps_the_split_and_its_limit_trained_teachers():
     # the teacher's convergence is judged on its whole cross-validation: every fold's teacher trains
     assert [j.fold for j in jobs if j.row == "teacher" and j.kind == "train"] == [0, 1, 2]
     assert sorted(j.fold for j in jobs if j.row == "limit-trained teacher") == half_teacher_folds(1, 3) == [5, 6]
-    assert Harness(profile, Path("labels"), Path("w")).command().endswith("--folds 1")
+    assert reproducing_command(profile, Path("labels"), Path("w")).endswith("--folds 1")
     assert with_folds(PROFILES["cpu"], None) is PROFILES["cpu"]
     with pytest.raises(BenchmarkError, match=r"folds \[3\]: the cpu profile has cross-validation folds \[0, 1, 2\]"):
         with_folds(PROFILES["cpu"], [0, 3])
@@ -157,9 +154,9 @@ def test_variants_are_rows_on_a_copy_of_the_plans_and_bad_ones_are_refused(tmp_p
         (kind, ROWS["hlfd"], "nnUNetPlans_hlfd_t1") for kind in ("train", "predict")
     } and len(variant_jobs) == 6
     assert all(j.plans == "nnUNetPlans" for j in planned_jobs(profile) if j.row != "hlfd_t1")
-    command = Harness(profile, Path("labels"), tmp_path / "w").command()  # what the report prints
+    command = reproducing_command(profile, Path("labels"), tmp_path / "w")  # what the report prints
     assert command.endswith("--rows hlfd --variant hlfd_t1 hlfd '" + json.dumps({"alpha": 0.5, "temperature": 1}) + "'")
-    assert "--rows" not in Harness(PROFILES["cpu"], Path("labels"), tmp_path / "w").command()
+    assert "--rows" not in reproducing_command(PROFILES["cpu"], Path("labels"), tmp_path / "w")
 
     plans["configurations"]["2d"] = plans["configurations"]["3d_fullres"]
     (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
@@ -188,62 +185,6 @@ def test_variants_are_rows_on_a_copy_of_the_plans_and_bad_ones_are_refused(tmp_p
             with_variants(PROFILES["cpu"], [spec])
 
 
-def test_smoke_profile_end_to_end_in_two_pieces(tmp_path):
-    labels = shared_data("kits19")
-    work = tmp_path / "work"
-    command = [sys.executable, str(SCRIPT), str(labels), "--profile", "smoke", "--work", str(work)]
-    first = subprocess.run([*command, "--time-limit-min", "0"], capture_output=True, text=True)
-    assert first.returncode == 3, first.stdout[-2000:] + first.stderr[-2000:]
-    assert "run the same command again" in first.stderr and "nnUNetv2_plan_and_preprocess" in first.stdout
-    assert (work / "test_cases.json").is_file() and not (work / "nnUNet_results").exists()
-    variant = ["--variant", "hlfd_t1", "hlfd", '{"temperature": 1.0}']  # an extra row, added in the second piece
-    second = subprocess.run(
-        [*command, *variant, "--report", str(tmp_path / "report.md")], capture_output=True, text=True
-    )
-    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-    assert "nnUNetv2_plan_and_preprocess" not in second.stdout and "converting" not in second.stdout  # kept
-    assert "[1/10] train teacher fold 0" in second.stdout and "[10/10] predict hlfd_t1 fold 0" in second.stdout
-    report = (tmp_path / "report.md").read_text()
-    for row in ("teacher", "student", "multi_teacher", "hlfd_t1"):
-        assert f"| {row} | 1 × 1 |" in report  # one fold × one test case, per label
-        assert f"\n| {row} | " in report.split("## Cross-validation")[1].split("## Efficiency")[0]
-    results = work / "nnUNet_results" / "Dataset503_KiTSPhantomSmoke"
-    recorded = json.loads((results / f"{ROWS['hlfd']}__nnUNetPlans_hlfd_t1__2d" / "plans.json").read_text())
-    assert recorded["configurations"]["2d"]["hlfd"]["temperature"] == 1.0
-    teacher = recorded["configurations"]["2d"]["hlfd"]["teacher_used"]
-    assert Path(teacher["model_folder"]) == results / f"{ROWS['teacher']}__nnUNetPlans__2d"  # the benchmark's
-    assert "### kidney" in report and "### tumor" in report and "Not measured in the `smoke` profile" in report
-    assert (work / "report" / "phantom_samples.png").is_file() and list((work / "report" / "cases").glob("*.png"))
-    multi = work / "nnUNet_results" / "Dataset503_KiTSPhantomSmoke" / f"{ROWS['multi_teacher']}__nnUNetPlans__2d"
-    used = json.loads((multi / "fold_0" / "hlfd_teacher.json").read_text())["teachers"]
-    assert [t["spec"]["fold"] for t in used] == ["1", "2"]  # the two limit-trained teachers of fold 0
-    import torch
-
-    def epochs(trainer, plans="nnUNetPlans"):
-        checkpoint = results / f"{trainer}__{plans}__2d" / "fold_0" / "checkpoint_final.pth"
-        return torch.load(checkpoint, map_location="cpu", weights_only=False)["current_epoch"]
-
-    assert epochs(ROWS["teacher"]) == 2 and epochs(ROWS["student"]) == epochs(ROWS["hlfd"], "nnUNetPlans_hlfd_t1") == 1
-    summary = json.loads((work / "report" / "summary.json").read_text())
-    assert set(summary["test"]) == {"teacher", "student", "multi_teacher", "hlfd_t1"} and summary["folds"] == [0]
-    assert set(summary["test"]["hlfd_t1"]["tumor"]) >= {"mean", "std", "delta_vs_baseline", "p_value", "gap_recovered"}
-    assert set(summary["cross_validation_dice"]["teacher"]) == {"kidney", "tumor"}
-    assert "tumor ≥ 0.05, per fold" in report  # when each row learns each structure
-    assert "NSD@1mm" in report.split("### tumor")[1]
-
-    # other NSD tolerances: the finished predictions are evaluated again, nothing is trained or predicted
-    tolerances = ["--tolerance-mm", "tumor=2.5", "1.5"]
-    third = subprocess.run([*command, *variant, *tolerances], capture_output=True, text=True)
-    assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-2000:]
-    assert "evaluating the test predictions again" in third.stdout and "/10]" not in third.stdout  # no job ran
-    report = (work / "report" / "benchmark_report.md").read_text()
-    assert "NSD@2.5mm" in report.split("### tumor")[1] and "--tolerance-mm tumor=2.5 1.5" in report
-    evaluated = json.loads((work / "predictions" / "student" / "fold_0" / "metrics_summary.json").read_text())
-    assert evaluated["nsd_tolerance_mm"] == {"kidney": 1.5, "tumor": 2.5}
-    wrong = subprocess.run([*command, "--tolerance-mm", "tumour=2"], capture_output=True, text=True)
-    assert wrong.returncode == 2 and "the labels/regions are kidney, tumor" in wrong.stderr
-
-
 def test_every_row_of_a_fold_starts_from_the_same_weights_and_patches(tmp_path, monkeypatch):
     """The planned schedule's seed: the student alone and a KD row of one fold start from identical student weights
     (whatever the KD trainer builds after them) and draw their patches from the same generator state."""
@@ -253,7 +194,7 @@ def test_every_row_of_a_fold_starts_from_the_same_weights_and_patches(tmp_path, 
     from conftest import DATASET, TINY_DATASET_JSON, tiny_plans, write_teacher
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_hlfd.trainers import nnUNetTrainerHLFD_bench, nnUNetTrainerHLFDTeacher_bench, nnUNetTrainerStudent_bench
+    from nnunet_hlfd.trainers import nnUNetTrainerHLFD, nnUNetTrainerHLFDTeacher, nnUNetTrainerStudent
 
     results, preprocessed = tmp_path / "results", tmp_path / "preprocessed"
     monkeypatch.setenv("nnUNet_results", str(results))
@@ -266,7 +207,8 @@ def test_every_row_of_a_fold_starts_from_the_same_weights_and_patches(tmp_path, 
     configuration = plans["configurations"]["3d_fullres"]
     configuration["hlfd_schedule"] = {"epochs": 1, "iterations": 1, "val_iterations": 1, "mirroring": False, "seed": 7}
     configuration["hlfd_teacher_schedule"] = {**configuration["hlfd_schedule"], "epochs": 4}
-    write_teacher(results, plans, TINY_DATASET_JSON, folder="nnUNetTrainerHLFDTeacher_bench__nnUNetPlans__3d_fullres")
+    configuration["hlfd"] = {"teacher_trainer": "nnUNetTrainerHLFDTeacher"}  # as the harness writes it
+    write_teacher(results, plans, TINY_DATASET_JSON, folder="nnUNetTrainerHLFDTeacher__nnUNetPlans__3d_fullres")
     monkeypatch.setattr(nnUNetTrainer, "get_dataloaders", lambda self: (np.random.rand(), torch.rand(1).item()))
 
     def trainer(cls, fold=0):
@@ -276,15 +218,41 @@ def test_every_row_of_a_fold_starts_from_the_same_weights_and_patches(tmp_path, 
         made.initialize()
         return made
 
-    student, hlfd, other_fold = trainer(nnUNetTrainerStudent_bench), trainer(nnUNetTrainerHLFD_bench), None
-    assert (student.num_epochs, hlfd.num_epochs, student.seed) == (1, 1, 7)
+    student, hlfd, other_fold = trainer(nnUNetTrainerStudent), trainer(nnUNetTrainerHLFD), None
+    assert (student.num_epochs, hlfd.num_epochs, student.schedule["seed"]) == (1, 1, 7)
     weights, distilled = student.network.state_dict(), hlfd.network.state_dict()
     assert weights.keys() == distilled.keys() and all(torch.equal(weights[k], distilled[k]) for k in weights)
     assert student.get_dataloaders() == hlfd.get_dataloaders()  # the same generator state for the patches
-    other_fold = trainer(nnUNetTrainerStudent_bench, fold=1)
+    other_fold = trainer(nnUNetTrainerStudent, fold=1)
     assert not torch.equal(other_fold.network.state_dict()["encoder.stages.0.0.convs.0.conv.weight"],
                            weights["encoder.stages.0.0.convs.0.conv.weight"])  # fmt: skip
-    teacher = nnUNetTrainerHLFDTeacher_bench(
+    teacher = nnUNetTrainerHLFDTeacher(
         {**copy.deepcopy(plans), "continue_training": False}, "3d_fullres", 0, TINY_DATASET_JSON, torch.device("cpu")
     )
     assert teacher.num_epochs == 4  # the teacher's own, longer schedule
+
+
+def test_the_multi_teacher_row_trains_from_the_limit_trained_teachers_of_its_fold(tmp_path, monkeypatch):
+    """What the harness hands nnUNetv2_train for each job: the fold's two limit-trained teachers for the multi-teacher
+    row, --c when a checkpoint is there, the deadline; the interrupted exit code means "continue next piece"."""
+    from nnunet_hlfd.runtime import INTERRUPTED_EXIT_CODE, STOP_AFTER_TIME_ENV, TEACHERS_ENV
+
+    profile = with_rows(PROFILES["cpu"], ["multi_teacher"])
+    harness = Harness(profile, tmp_path, tmp_path / "work", time_limit_min=60)
+    calls, codes = [], iter([0, INTERRUPTED_EXIT_CODE, 1])
+    monkeypatch.setattr(harness, "run", lambda args, log, env, check: calls.append((args, env)) or next(codes))
+    job = next(j for j in planned_jobs(profile) if j.row == "multi_teacher" and j.fold == 1)
+    assert harness.train(job) is True
+    args, env = calls[-1]
+    teachers = [harness.model_folder(ROWS["teacher"]) / f"fold_{k}" for k in half_teacher_folds(1, 3)]
+    assert env[TEACHERS_ENV].split(os.pathsep) == [str(t) for t in teachers] and half_teacher_folds(1, 3) == [5, 6]
+    assert args[:6] == ["nnUNetv2_train", "504", "2d", "1", "-tr", ROWS["multi_teacher"]] and "--c" not in args
+    assert float(env[STOP_AFTER_TIME_ENV]) <= harness.deadline
+    (harness.result_file(job).parent).mkdir(parents=True)
+    (harness.result_file(job).parent / "checkpoint_latest.pth").touch()
+    assert harness.train(job) is False  # stopped at the deadline: resumed by the next piece
+    assert calls[-1][0][-1] == "--c"
+    student = next(j for j in planned_jobs(profile) if j.row == "student" and j.fold == 0)
+    with pytest.raises(BenchmarkError, match="train student fold 0 failed"):
+        harness.train(student)
+    assert TEACHERS_ENV not in calls[-1][1]

@@ -234,7 +234,7 @@ METHODS = {
     "cwd": lambda: ChannelWiseDistillation(),
     "structured_kd": lambda: StructuredKD(),
     **{v: (lambda v=v: HLFDAblation(AblationConfig(variant=v))) for v in ABLATIONS},
-    "concatenated_feedback": lambda: ConcatenatedFeedback(),
+    "hlfd_concatenated_feedback": lambda: ConcatenatedFeedback(),
     "multi_teacher": lambda: MultiTeacherKD(),  # one teacher here; several in test_multi_teacher.py
     "multi_scale_contrastive": lambda: MultiScaleContrastiveKD(),
 }  # fmt: skip
@@ -267,7 +267,9 @@ def test_method_on_nnunet_unets(name, dim, regions):
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
     if distiller.adapters is not None:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.adapters.parameters())
-    assert (name in ("fitnets", "concatenated_feedback", "multi_scale_contrastive")) == (distiller.adapters is not None)
+    assert (name in ("fitnets", "hlfd_concatenated_feedback", "multi_scale_contrastive")) == (
+        distiller.adapters is not None
+    )
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -295,3 +297,60 @@ def test_a_random_lowest_teacher_head_changes_no_method(name):
             parameter.copy_(torch.randn_like(parameter) * 5)
     after, _ = terms(targets)
     assert all(torch.equal(before[k], after[k]) for k in before), name
+
+
+# ---------------------------------------------------------------------------------------------------
+# the method interface: declared inputs, the stage count on the captured tensors, no option clashes
+
+
+def test_a_method_gets_the_targets_only_when_it_declares_them():
+    from dataclasses import dataclass
+
+    from nnunet_hlfd.methods.base import Captured, DistillationMethod, Taps, by_decoder_stage
+
+    seen = {}
+
+    class Probe(DistillationMethod):
+        name, term_names = "probe", ("x",)
+
+        def student_taps(self, n_stages: int) -> Taps:
+            return Taps()
+
+        teacher_taps = student_taps
+
+        def loss(self, student: Captured, teacher: Captured, adapters, valid, regions, targets=None):
+            seen.update(n_stages=(student.n_stages, teacher.n_stages), final=student.final, targets=targets)
+            return {"x": student.logits[student.final].mean(), "total": student.logits[student.final].mean()}
+
+    student, teacher = make_unet(3, 4), make_unet(3, 8)
+    for inputs, expected in ((("valid",), None), (("valid", "targets"), "given")):
+        method = Probe()
+        method.inputs = inputs
+        distiller = Distiller(method, regions=False)
+        distiller.attach(student, teacher, num_classes=3)
+        output, captured = distiller.forward(student, torch.randn(2, 1, 8, 16, 16))
+        targets = by_decoder_stage(targets_for(output, regions=False, ignore=False), distiller.n_stages)
+        distiller.losses(output, captured, {}, targets)
+        assert seen["n_stages"] == (4, 4) and seen["final"] == 2  # 4 stages: decoder stages 0..2
+        assert (seen["targets"] is targets) == (expected == "given")
+        if expected:
+            with pytest.raises(ValueError, match="needs the segmentation targets"):
+                distiller.losses(*distiller.forward(student, torch.randn(2, 1, 8, 16, 16)), {})
+
+    with pytest.raises(TypeError, match="not loss inputs"):
+        type("Bad", (Probe,), {"inputs": ("valid", "labels")})
+
+    with pytest.raises(TypeError, match="has no targets parameter"):
+
+        class NoTargets(Probe):
+            def loss(self, student, teacher, adapters, valid, regions):
+                return {}
+
+    @dataclass(frozen=True)
+    class ClashingConfig:
+        width: float = 1.0  # also the student's option: the plans block could not tell them apart
+
+    from nnunet_hlfd.trainers.distillation import nnUNetTrainerDistillation
+
+    with pytest.raises(TypeError, match=r"the fields \['width'\] of ClashingConfig are also student options"):
+        type("nnUNetTrainerClash", (nnUNetTrainerDistillation,), {"method_class": Probe, "config": ClashingConfig()})

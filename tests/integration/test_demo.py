@@ -14,6 +14,9 @@ import pytest
 
 from nnunet_hlfd.cli import main
 
+# run by one test process (pytest -n 2 --dist loadgroup), which builds the shared demo once
+pytestmark = pytest.mark.xdist_group("demo")
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
@@ -40,7 +43,7 @@ def test_demo_quick_profile_prints_the_table(demo):
         assert (out / "predictions" / row["trainer"] / "metrics_per_case.csv").is_file()
         assert row["predict_s_per_case"] > 0
     table = (out / "demo_results.md").read_text()
-    assert "| HLFD student | nnUNetTrainerHLFD_debug |" in table and table in result.stdout
+    assert "| HLFD student | nnUNetTrainerHLFD |" in table and table in result.stdout
 
 
 def test_demo_refuses_a_non_empty_folder(tmp_path):
@@ -72,8 +75,7 @@ def non_blank_png(path: Path) -> np.ndarray:
 
 
 def runs(out: Path) -> dict[str, Path]:
-    roles = {"teacher": "nnUNetTrainerHLFDTeacher_debug", "student": "nnUNetTrainerStudent_debug"}
-    roles["hlfd"] = "nnUNetTrainerHLFD_debug"
+    roles = {"teacher": "nnUNetTrainerHLFDTeacher", "student": "nnUNetTrainerStudent", "hlfd": "nnUNetTrainerHLFD"}
     return {role: out / "predictions" / trainer for role, trainer in roles.items()}
 
 
@@ -163,37 +165,39 @@ def test_visualize_contours_attention_and_training(demo, tmp_path, capsys):
 
 def test_multi_teacher_student_of_limit_trained_teachers(demo, monkeypatch):
     """Last in this module: it replaces the demo's splits_final.json. `nnunet_hlfd split -k 2` writes 3 folds; two
-    teachers train on their chunks with stock nnUNetv2_train; the multi-teacher student finds them through
-    hlfd_splits.json, trains on fold 2 (interrupted and resumed) and predicts with nnUNetv2_predict."""
-
-    from concurrent.futures import ThreadPoolExecutor
+    teachers train on their chunks with stock nnU-Net; the multi-teacher student finds them through
+    hlfd_splits.json, trains on fold 2 (interrupted, resumed with nnUNetv2_train --c) and predicts with
+    nnUNetv2_predict. What runs in this process runs nnU-Net's own training code (conftest.train_in_process)."""
 
     import torch
-    from conftest import nnunet_predict, nnunet_train
+    from conftest import nnunet_predict, nnunet_train, train_in_process
 
-    from nnunet_hlfd.demo.pipeline import nnunet_environment
     from nnunet_hlfd.errors import OptionError
-    from nnunet_hlfd.trainers.multi_teacher import TEACHERS_ENV
-    from nnunet_hlfd.trainers.schedules import DEBUG_TRAINERS, INTERRUPTED_EXIT_CODE, STOP_AFTER_EPOCH_ENV
+    from nnunet_hlfd.runtime import INTERRUPTED_EXIT_CODE, STOP_AFTER_EPOCH_ENV, TEACHERS_ENV, nnunet_environment
+    from nnunet_hlfd.trainers import TRAINERS
 
     out, _ = demo
     env = dict(nnunet_environment(out), nnUNet_n_proc_DA="0")
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(key, env[key])
+    # the demo's teacher validated on fold 0 of nnU-Net's 5-fold split, as nnUNetv2_train does after training (the demo
+    # leaves the validation out)
+    train_in_process(env, "nnUNetTrainerHLFDTeacher", dataset_id=991, validation_only=True)
     printed = nnunet_hlfd("split", "991", "-k", "2", "--overwrite")
     preprocessed = out / "nnUNet_preprocessed" / "Dataset991_HLFDDemo"
     folds = json.loads((preprocessed / "splits_final.json").read_text())
     assert "fold 2: student on all 5 teacher cases" in printed and len(folds) == 3
-    teacher, student = "nnUNetTrainerHLFDTeacher_debug", "nnUNetTrainerMultiTeacher_confidence_debug"
+    teacher, student = "nnUNetTrainerHLFDTeacher", "nnUNetTrainerMultiTeacher_confidence"
     results = out / "nnUNet_results" / "Dataset991_HLFDDemo"
 
     def train(fold: int, trainer: str = teacher, *extra: str, **extra_env) -> subprocess.CompletedProcess:
         return nnunet_train(dict(env, **extra_env), 991, "3d_fullres", trainer, *extra, check=False, fold=fold)
 
-    # refused before anything is written: the demo's teacher (fold 0) was trained on nnU-Net's 5-fold split
+    # refused before anything is written: the demo's teacher (fold 0) was trained and validated on nnU-Net's 5-fold
+    # split (validated above)
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    trainer_class = DEBUG_TRAINERS[student]
+    trainer_class = TRAINERS[student]
     monkeypatch.setenv(TEACHERS_ENV, str(results / f"{teacher}__nnUNetPlans__3d_fullres" / "fold_0"))
     with pytest.raises(OptionError, match="trained on another split"):
         trainer_class(plans, "3d_fullres", 2, dataset_json, torch.device("cpu"))
@@ -201,8 +205,8 @@ def test_multi_teacher_student_of_limit_trained_teachers(demo, monkeypatch):
     with pytest.raises(OptionError, match="not the student's fold"):
         trainer_class(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
 
-    with ThreadPoolExecutor(2) as pool:  # the two teachers, each on its chunk
-        assert [r.returncode for r in pool.map(train, [0, 1])] == [0, 0]
+    for teacher_fold in (0, 1):  # the two teachers, each on its chunk, validated on the held-out cases
+        train_in_process(env, teacher, dataset_id=991, fold=teacher_fold, validate=True)
     fold = results / f"{teacher}__nnUNetPlans__3d_fullres" / "fold_1"
     log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert f"This split has {len(folds[1]['train'])} training and 1 validation cases." in log
@@ -217,8 +221,12 @@ def test_multi_teacher_student_of_limit_trained_teachers(demo, monkeypatch):
     (preprocessed / "splits_final.json").write_text(json.dumps(folds))
     assert not (results / f"{student}__nnUNetPlans__3d_fullres").exists()
 
-    interrupted = train(2, student, **{STOP_AFTER_EPOCH_ENV: "1"})
-    assert interrupted.returncode == INTERRUPTED_EXIT_CODE, interrupted.stderr[-3000:]
+    # interrupted after epoch 1 (in this process, as nnUNetv2_train runs it), resumed through the CLI
+    monkeypatch.setenv(STOP_AFTER_EPOCH_ENV, "1")
+    with pytest.raises(SystemExit) as interrupted:
+        train_in_process(env, student, dataset_id=991, fold=2)
+    assert interrupted.value.code == INTERRUPTED_EXIT_CODE
+    monkeypatch.delenv(STOP_AFTER_EPOCH_ENV)
     resumed = train(2, student, "--c")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 

@@ -21,7 +21,7 @@ from nnunet_hlfd.methods.hlfd_ablations import ConcatenatedFeedback
 METHODS_WITH_ADAPTERS = {
     "hlfd_adapters": lambda: HLFD(HLFDConfig(plfd_heads="adapters")),
     "fitnets": FitNets,
-    "concatenated_feedback": ConcatenatedFeedback,
+    "hlfd_concatenated_feedback": ConcatenatedFeedback,
     "multi_scale_contrastive": MultiScaleContrastiveKD,
 }
 

@@ -1,24 +1,9 @@
-"""``nnunet_hlfd``: the package's command line. Training and prediction use nnU-Net's own commands."""
+"""``nnunet_hlfd convert`` (challenge downloads -> nnU-Net raw datasets) and ``nnunet_hlfd split`` (limit-trained
+splits for multi-teacher KD)."""
 
 import argparse
 
-from nnunet_hlfd.errors import OptionError, exit_with_message
-from nnunet_hlfd.evaluation import cli as evaluation_cli
-from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
-
-SETUP_LINE = f"export nnUNet_extTrainer={EXT_TRAINER_DIR}"
-
-DESCRIPTION = f"""Knowledge distillation (HLFD) for nnU-Net v2.
-
-Train and predict with nnU-Net's own commands, after one line of set-up:
-
-    {SETUP_LINE}
-    nnUNetv2_train DATASET 3d_fullres FOLD -tr nnUNetTrainerHLFD
-    nnUNetv2_predict -i IN -o OUT -d DATASET -c 3d_fullres -f FOLD -tr nnUNetTrainerHLFD
-
-If nnU-Net says "Could not find requested nnunet trainer nnUNetTrainerHLFD ... nnUNet_extTrainer", the
-set-up line is missing in that shell (it is needed for training, --c, --val and prediction alike).
-"""
+from nnunet_hlfd.errors import exit_with_message
 
 
 def add_convert_parser(commands: argparse._SubParsersAction) -> None:
@@ -64,10 +49,10 @@ def add_convert_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    from nnunet_hlfd.conversion import CONVERTERS, ConversionError
+    from nnunet_hlfd.conversion import CONVERTERS
 
     extra = {k: getattr(args, k) for k in ("task", "binarize") if hasattr(args, k)}
-    with exit_with_message(f"nnunet_hlfd convert {args.dataset}", ConversionError):
+    with exit_with_message(f"nnunet_hlfd convert {args.dataset}"):
         summary = CONVERTERS[args.dataset].function(
             args.input,
             dataset_id=args.dataset_id,
@@ -103,7 +88,7 @@ def add_split_parser(commands: argparse._SubParsersAction) -> None:
 def run_split(args: argparse.Namespace) -> None:
     from nnunet_hlfd.splits import check_splits_file, write_limit_trained_splits
 
-    with exit_with_message("nnunet_hlfd split", OptionError):
+    with exit_with_message("nnunet_hlfd split"):
         if args.check:
             print(check_splits_file(args.dataset, args.check[:-1], args.check[-1]))
         else:
@@ -112,44 +97,3 @@ def run_split(args: argparse.Namespace) -> None:
                     args.dataset, args.teachers, args.by_site, args.holdout, args.seed, args.overwrite
                 )
             )
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="nnunet_hlfd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("ext-path", help="print the folder to put in nnUNet_extTrainer")
-    commands.add_parser("setup", help='print the set-up line for your shell: eval "$(nnunet_hlfd setup)"')
-    demo = commands.add_parser("demo", help="synthetic dataset -> teacher -> student alone and HLFD -> table")
-    demo.add_argument("--output", default="hlfd_demo", help="work folder (default: ./hlfd_demo)")
-    demo.add_argument(
-        "--profile",
-        choices=["default", "quick"],
-        default="default",
-        help="default: ~10 min on 2 CPU cores; quick: ~2 min smoke run whose numbers mean nothing",
-    )
-    demo.add_argument("--overwrite", action="store_true", help="replace the demo dataset in an existing --output")
-    add_convert_parser(commands)
-    add_split_parser(commands)
-    evaluation_cli.add_parsers(commands)
-    args = parser.parse_args(argv)
-
-    if args.command == "ext-path":
-        print(EXT_TRAINER_DIR)
-    elif args.command == "setup":
-        print(SETUP_LINE)
-    elif args.command == "demo":
-        from nnunet_hlfd.demo.pipeline import run_demo
-
-        run_demo(args.output, args.profile, args.overwrite)
-    elif args.command == "convert":
-        run_convert(args)
-    elif args.command == "split":
-        run_split(args)
-    elif args.command in evaluation_cli.COMMANDS:
-        evaluation_cli.run(args)
-
-
-if __name__ == "__main__":
-    main()

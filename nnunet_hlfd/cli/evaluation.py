@@ -139,7 +139,7 @@ def _add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    with exit_with_message(f"nnunet_hlfd {args.command}", EvaluationError):
+    with exit_with_message(f"nnunet_hlfd {args.command}"):
         _run(args)
 
 
@@ -235,6 +235,8 @@ def _run(args: argparse.Namespace) -> None:
             for name, path in named_paths(args.runs).items():
                 folds = figures.read_training_log(path)
                 logs.update({name if len(folds) == 1 else f"{name} {fold}": log for fold, log in folds.items()})
-            written = [figures.plot_training_curves(logs, Path(args.output))]
+            from nnunet_hlfd.plots import plot_training_curves
+
+            written = [plot_training_curves(logs, Path(args.output))]
         for path in written:
             print(f"wrote {path}")

@@ -71,6 +71,7 @@ def test_feature_term_is_the_mean_mse_over_scales_and_single_class_scales_are_sk
     encoder = {i: torch.randn(2, 4, 8 >> i, 8 >> i) for i in range(3)}
     decoder = {j: torch.randn(2, 4, 2 << j, 2 << j) for j in range(2)}
     teacher = Captured(
+        3,
         encoder={i: torch.randn_like(f) for i, f in encoder.items()},
         decoder={j: torch.randn_like(f) for j, f in decoder.items()},
     )

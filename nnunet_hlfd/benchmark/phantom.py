@@ -39,6 +39,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nnunet_hlfd.errors import PhantomError
 from nnunet_hlfd.files import replaced_atomically
 
 IMAGE_FILE, LABEL_FILE = "imaging.nii.gz", "segmentation.nii.gz"
@@ -51,10 +52,6 @@ class PhantomSettings:
     slice_mm: float = 4.0
     margin_mm: float = 40.0  # around the kidneys' bounding box
     seed: int = 0
-
-
-class PhantomError(ValueError):
-    pass
 
 
 # ---- geometry -----------------------------------------------------------------------------------------------

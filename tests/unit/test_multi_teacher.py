@@ -67,7 +67,7 @@ def test_multi_teacher_terms_against_float64(combination):
     teacher_logits = [torch.randn(b, c, *grid) * 2 for _ in range(2)]
     teacher_features = [torch.randn(b, 5, *coarse) for _ in range(2)]  # stage 1, 5 channels
     summaries = [
-        method.summarize_teacher(Captured(encoder={1: f}, logits={0: z}), regions=False)
+        method.summarize_teacher(Captured(2, encoder={1: f}, logits={0: z}), regions=False)
         for z, f in zip(teacher_logits, teacher_features)
     ]
     combined = method.combine_teachers(summaries, regions=False)
@@ -76,7 +76,7 @@ def test_multi_teacher_terms_against_float64(combination):
     target = torch.randint(0, 3, (b, 1, *grid))
     valid = torch.rand(b, *grid) > 0.2
     terms = method.loss(
-        Captured(encoder={1: student_feature}, logits={0: student_logits}),
+        Captured(2, encoder={1: student_feature}, logits={0: student_logits}),
         combined,
         None,
         {0: valid},
@@ -121,14 +121,14 @@ def test_regions_use_the_lovasz_hinge_on_region_channels():
     torch.manual_seed(4)
     method = MultiTeacherKD()
     logits = torch.randn(2, 2, 6, 6)
-    summary = method.summarize_teacher(Captured(encoder={1: torch.randn(2, 3, 3, 3)}, logits={0: logits}), True)
+    summary = method.summarize_teacher(Captured(2, encoder={1: torch.randn(2, 3, 3, 3)}, logits={0: logits}), True)
     combined = method.combine_teachers([summary], True)
     assert torch.allclose(combined.soft, torch.sigmoid(logits / 4))  # one teacher: its own soft prediction
     student = torch.randn(2, 2, 6, 6)
     target = (torch.rand(2, 3, 6, 6) > 0.5).float()  # 2 regions + the ignore channel
     valid = target[:, -1] == 0
     terms = method.loss(
-        Captured(encoder={1: torch.randn(2, 3, 3, 3)}, logits={0: student}), combined, None, {0: valid}, True,
+        Captured(2, encoder={1: torch.randn(2, 3, 3, 3)}, logits={0: student}), combined, None, {0: valid}, True,
         targets={0: target},
     )  # fmt: skip
     assert terms["lovasz"].item() == pytest.approx(lovasz_hinge(student, target[:, :2], valid).item())

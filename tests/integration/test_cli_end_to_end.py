@@ -1,33 +1,47 @@
-"""The whole workflow through nnU-Net's own commands on a tiny synthetic 3D dataset, on CPU.
-
-plan and preprocess -> teacher -> student alone -> HLFD student -> resume -> predict -> evaluate.
-One teacher is trained for the whole module; every student uses nnU-Net's stock CLI.
+"""The workflow through nnU-Net's own commands on the shared tiny synthetic 3D dataset, on CPU: an HLFD student
+interrupted, resumed with --c and predicted with nnUNetv2_predict, and a student with adapters resumed with a moved
+teacher. What nnU-Net would do the same in this process (refusals raised while the trainer is built, --val,
+evaluation) runs in this process; every other trainer is run in test_trainers.py.
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import CONFIG, DATASET, DATASET_ID, TEACHER, assert_same_dice, model_folder, predict, run, train
+from conftest import (
+    CONFIG,
+    DATASET,
+    DATASET_ID,
+    TEACHER,
+    assert_same_dice,
+    model_folder,
+    nnunet_metrics,
+    predict,
+    train,
+    train_in_process,
+)
 
+from nnunet_hlfd.errors import OptionError, TeacherMismatchError, TeacherNotFoundError
 from nnunet_hlfd.evaluation.evaluate import evaluate_folder
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
+from nnunet_hlfd.runtime import INTERRUPTED_EXIT_CODE, STOP_AFTER_EPOCH_ENV
+
+# run by one test process (pytest -n 2 --dist loadgroup), which builds the shared pipeline once
+pytestmark = pytest.mark.xdist_group("pipeline")
 
 
-def evaluate(env: dict, trainer: str, predictions: Path, labels: Path | None = None) -> dict:
-    """nnUNetv2_evaluate_folder, and our evaluate_folder on the same folders: the per-case Dice must agree
-    (where nnU-Net says NaN, both masks are empty, which ours scores 1)."""
-    labels = labels or Path(env["nnUNet_raw"]) / DATASET / "labelsTs"
+def evaluate(env: dict, trainer: str, predictions: Path) -> dict:
+    """nnU-Net's evaluation and our evaluate_folder on the same folders: the per-case Dice must agree (where nnU-Net
+    says NaN, both masks are empty, which ours scores 1)."""
+    labels = Path(env["nnUNet_raw"]) / DATASET / "labelsTs"
     folder = model_folder(env, trainer)
-    # fmt: off
-    run(["nnUNetv2_evaluate_folder", str(labels), str(predictions), "-djfile", str(folder / "dataset.json"),
-         "-pfile", str(folder / "plans.json"), "-np", "1"], env)
-    # fmt: on
+    summary = nnunet_metrics(labels, predictions, folder)
     evaluate_folder(predictions, labels, folder / "dataset.json", progress=False)
-    summary = json.loads((predictions / "summary.json").read_text())
     assert_same_dice(summary, predictions / "metrics_per_case.csv")
     return summary
 
@@ -61,43 +75,35 @@ def test_ext_path_folder_holds_only_the_shim():
 
 def test_without_the_setup_line_nnunet_names_the_variable_to_set(pipeline):
     env = {k: v for k, v in pipeline.items() if k != "nnUNet_extTrainer"}
-    result = train(env, "nnUNetTrainerHLFD_debug", check=False)
+    result = train(env, "nnUNetTrainerHLFD", check=False)
     assert result.returncode != 0
-    assert "Could not find requested nnunet trainer nnUNetTrainerHLFD_debug" in result.stderr
+    assert "Could not find requested nnunet trainer nnUNetTrainerHLFD" in result.stderr
     assert "nnUNet_extTrainer" in result.stderr  # the README's troubleshooting section starts from this line
 
 
-def test_student_baseline_trains_without_teacher_and_predicts(pipeline, tmp_path):
-    trainer = "nnUNetTrainerStudent_debug"
-    train(pipeline, trainer)
-    folder = model_folder(pipeline, trainer)
-    arch = json.loads((folder / "plans.json").read_text())["configurations"][CONFIG]["architecture"]["arch_kwargs"]
-    teacher_arch = json.loads((model_folder(pipeline, TEACHER) / "plans.json").read_text())
-    teacher_features = teacher_arch["configurations"][CONFIG]["architecture"]["arch_kwargs"]["features_per_stage"]
-    assert arch["features_per_stage"] == [f // 2 for f in teacher_features]
-    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert "distillation" not in checkpoint
-    predict(pipeline, trainer, tmp_path / "pred")
-    summary = evaluate(pipeline, trainer, tmp_path / "pred")
-    assert set(summary["mean"]) == {"1", "2"}
-
-
-def test_hlfd_trains_predicts_without_teacher_and_evaluates(pipeline, tmp_path):
-    trainer = "nnUNetTrainerHLFD_debug"
+def test_hlfd_interrupted_resumed_predicted_without_teacher_and_evaluated(pipeline, tmp_path):
+    trainer = "nnUNetTrainerHLFD"
     teacher_folder = model_folder(pipeline, TEACHER)
     before = snapshot(teacher_folder)
-    train(pipeline, trainer)
+    interrupted = train(dict(pipeline, **{STOP_AFTER_EPOCH_ENV: "1"}), trainer, check=False)
+    assert interrupted.returncode == INTERRUPTED_EXIT_CODE, interrupted.stderr[-3000:]
+    fold = model_folder(pipeline, trainer) / "fold_0"
+    assert (fold / "checkpoint_latest.pth").is_file() and not (fold / "checkpoint_final.pth").exists()
+    train(pipeline, trainer, "--c")
     assert snapshot(teacher_folder) == before, "nothing may be written into the teacher's folder"
 
-    fold = model_folder(pipeline, trainer) / "fold_0"
     log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
-    assert "Teacher parameters:" in log and "student/teacher ratio: 0.25" in log
-    assert log.count("distillation terms: flfd_unified") == 2  # one line per epoch
+    assert log.count("Teacher parameters:") == 2 and "student/teacher ratio: 0.25" in log
+    assert f"{STOP_AFTER_EPOCH_ENV}=1: stopping as an interrupted run would" in log
+    assert log.count("distillation terms: flfd_unified") == 2  # one line per epoch, across the resume
     assert (fold / "kd_progress.png").stat().st_size > 0
     record = json.loads((fold / "hlfd_teacher.json").read_text())
-    assert record["teacher"]["checkpoint_name"] == "checkpoint_final.pth" and record["spec"]["source"] == "default"
+    assert record["teacher"]["checkpoint_name"] == "checkpoint_final.pth"
+    assert record["spec"]["model_folder"] == str(teacher_folder)  # nnU-Net's default layout, found again by --c
+    assert "(chosen by: default)" in log and record["spec"]["source"].startswith("recorded in")
 
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["current_epoch"] == 2
     assert checkpoint["distillation"]["teacher"]["sha256"] == record["teacher"]["sha256"]
     assert checkpoint["distillation"]["adapters"] is None
     for key in ("kd_flfd_unified", "kd_flfd_individual", "kd_plfd_unified", "kd_plfd_individual", "kd_total"):
@@ -115,25 +121,26 @@ def test_hlfd_trains_predicts_without_teacher_and_evaluates(pipeline, tmp_path):
     # predicting never needs the teacher: point the teacher variable at nothing
     env = dict(pipeline, nnUNet_hlfd_teacher=str(tmp_path / "no_teacher_here"))
     predict(env, trainer, tmp_path / "pred")
-    # nor does validating the finished student again; training it again without --c is refused, nothing touched
+    # nor does validating the finished student again (nnUNetv2_train --val, in this process)
     (fold / "validation" / "summary.json").unlink()
-    train(env, trainer, "--val")
+    train_in_process(env, trainer, validation_only=True)
     assert (fold / "validation" / "summary.json").is_file()
+    # training it again without --c is refused before anything is touched
     final = (fold / "checkpoint_final.pth").read_bytes()
-    again = train(pipeline, trainer, check=False)
-    assert again.returncode != 0 and "holds a finished student" in again.stderr
+    with pytest.raises(OptionError, match="holds a finished student"):
+        train_in_process(pipeline, trainer)
     assert (fold / "checkpoint_final.pth").read_bytes() == final
     summary = evaluate(pipeline, trainer, tmp_path / "pred")
-    assert set(summary["mean"]) == {"1", "2"}
-    assert all(0.0 <= summary["metric_per_case"][0]["metrics"][k]["Dice"] <= 1.0 for k in ("1", "2"))
+    assert {str(k) for k in summary["metric_per_case"][0]["metrics"]} == {"1", "2"}
+    assert all(0.0 <= m["Dice"] <= 1.0 for m in summary["metric_per_case"][0]["metrics"].values())
 
 
 def test_adapters_are_saved_and_resume_uses_the_recorded_teacher(pipeline, tmp_path, monkeypatch):
-    trainer = "nnUNetTrainerHLFD_adapters_debug"
+    trainer = "nnUNetTrainerHLFD_adapters"
     copy_of_teacher = tmp_path / f"{TEACHER}__nnUNetPlans__{CONFIG}"
     shutil.copytree(model_folder(pipeline, TEACHER), copy_of_teacher)
     env = dict(pipeline, nnUNet_hlfd_teacher=str(copy_of_teacher))
-    train(env, trainer)
+    train_in_process(env, trainer)  # the first run: in this process (the resume below goes through the CLI)
     fold = model_folder(pipeline, trainer) / "fold_0"
     record = json.loads((fold / "hlfd_teacher.json").read_text())
     assert record["spec"]["model_folder"] == str(copy_of_teacher)
@@ -149,10 +156,12 @@ def test_adapters_are_saved_and_resume_uses_the_recorded_teacher(pipeline, tmp_p
     another = tmp_path / "another_teacher" / f"{TEACHER}__nnUNetPlans__{CONFIG}"
     shutil.copytree(copy_of_teacher, another)
     perturb_weights(another / "fold_0" / "checkpoint_final.pth")
-    result = train(dict(pipeline, nnUNet_hlfd_teacher=str(another)), trainer, "--c", check=False)
-    assert result.returncode != 0 and "This run was started with the teacher" in result.stderr
+    latest = (fold / "checkpoint_latest.pth").read_bytes()
+    with pytest.raises(OptionError, match="This run was started with the teacher"):
+        train_in_process(dict(pipeline, nnUNet_hlfd_teacher=str(another)), trainer, continue_training=True)
+    assert (fold / "checkpoint_latest.pth").read_bytes() == latest
 
-    # the adapters come back exactly (in-process: load the checkpoint into a fresh trainer)
+    # the adapters come back exactly (load the checkpoint into a fresh trainer)
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
         monkeypatch.setenv(key, pipeline[key])
     monkeypatch.delenv("nnUNet_hlfd_teacher", raising=False)
@@ -169,12 +178,12 @@ def test_adapters_are_saved_and_resume_uses_the_recorded_teacher(pipeline, tmp_p
     del resumed
 
     # the teacher moves (a remounted disk): --c names the recorded place; pointed at the new one, the same
-    # checkpoint (same sha256) resumes and finishes epoch 1, and the new place is recorded
+    # checkpoint (same sha256) resumes through the CLI and finishes epoch 1, and the new place is recorded
     moved = tmp_path / "new_disk" / copy_of_teacher.name
     moved.parent.mkdir()
     copy_of_teacher.rename(moved)
-    result = train(pipeline, trainer, "--c", check=False)
-    assert result.returncode != 0 and f"is gone: {copy_of_teacher}" in result.stderr
+    with pytest.raises(TeacherNotFoundError, match=f"is gone: {re.escape(str(copy_of_teacher))}"):
+        train_in_process(pipeline, trainer, continue_training=True)
     train(dict(pipeline, nnUNet_hlfd_teacher=str(moved)), trainer, "--c")
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 2 and len(final["logging"]["kd_total"]) == 2
@@ -186,5 +195,5 @@ def test_adapters_are_saved_and_resume_uses_the_recorded_teacher(pipeline, tmp_p
     # a teacher that changed since: resuming is refused
     interrupt_after_first_epoch(fold)
     perturb_weights(moved / "fold_0" / "checkpoint_final.pth")
-    result = train(pipeline, trainer, "--c", check=False)
-    assert result.returncode != 0 and "has changed since this student was trained from it" in result.stderr
+    with pytest.raises(TeacherMismatchError, match="has changed since this student was trained from it"):
+        train_in_process(dict(pipeline, nnUNet_hlfd_teacher=str(moved)), trainer, continue_training=True)

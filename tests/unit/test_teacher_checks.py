@@ -230,10 +230,10 @@ def test_a_teacher_plans_file_that_is_not_json_is_named(env):
 
 
 def test_a_configuration_the_plans_do_not_have_is_named_by_every_trainer(env):
-    from nnunet_hlfd.trainers.schedules import nnUNetTrainerHLFD_debug
+    from nnunet_hlfd.trainers import nnUNetTrainerHLFDTeacher, nnUNetTrainerStudent
 
     write_teacher(env, tiny_plans(), TINY_DATASET_JSON)
-    for trainer in (nnUNetTrainerHLFD, nnUNetTrainerHLFD_debug):
+    for trainer in (nnUNetTrainerHLFD, nnUNetTrainerStudent, nnUNetTrainerHLFDTeacher):
         with pytest.raises(RuntimeError, match=re.escape("configuration 2d not found in plans. Available configu")):
             trainer(tiny_plans(), "2d", 0, copy.deepcopy(TINY_DATASET_JSON), torch.device("cpu"))
 
@@ -309,7 +309,7 @@ def test_a_teacher_at_a_new_place_with_another_checkpoint_is_refused(env, monkey
 def test_a_finished_student_validates_without_its_teacher_and_is_not_retrained_by_accident(env, tmp_path, monkeypatch):
     from batchgenerators.utilities.file_and_folder_operations import save_json
 
-    from nnunet_hlfd.trainers.distillation import OVERWRITE_ENV
+    from nnunet_hlfd.runtime import OVERWRITE_ENV
 
     teacher = write_teacher(env, tiny_plans(), TINY_DATASET_JSON)
     data = tmp_path / "preprocessed" / DATASET / "nnUNetPlans_3d_fullres"

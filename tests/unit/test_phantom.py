@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import shared_data
 
-from nnunet_hlfd.phantom import (
+from nnunet_hlfd.benchmark.phantom import (
     IMAGE_FILE,
     LABEL_FILE,
     PhantomError,
