@@ -205,8 +205,8 @@ def test_multi_teacher_student_of_limit_trained_teachers(demo, monkeypatch):
     with pytest.raises(OptionError, match="not the student's fold"):
         trainer_class(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
 
-    for teacher_fold in (0, 1):  # the two teachers, each on its chunk, validated on the held-out cases
-        train_in_process(env, teacher, dataset_id=991, fold=teacher_fold, validate=True)
+    for teacher_fold in (0, 1):  # the two teachers, each on its chunk; fold 1 validated (on the held-out cases)
+        train_in_process(env, teacher, dataset_id=991, fold=teacher_fold, validate=teacher_fold == 1)
     fold = results / f"{teacher}__nnUNetPlans__3d_fullres" / "fold_1"
     log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert f"This split has {len(folds[1]['train'])} training and 1 validation cases." in log
