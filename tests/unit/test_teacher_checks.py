@@ -340,3 +340,31 @@ def test_a_finished_student_validates_without_its_teacher_and_is_not_retrained_b
     monkeypatch.setenv(OVERWRITE_ENV, "1")
     with pytest.raises(TeacherNotFoundError):
         make_student()
+
+
+def test_a_planned_schedule_is_followed_checked_and_required_by_the_teacher_trainer(env):
+    """The plans' "hlfd_schedule" block replaces a trainer class per schedule: its values are checked before
+    nnU-Net writes anything, and nnUNetTrainerHLFDTeacher refuses plans without one."""
+    from nnunet_hlfd.trainers import nnUNetTrainerHLFDTeacher
+
+    write_teacher(env, tiny_plans(), TINY_DATASET_JSON)
+    plans = tiny_plans()
+    schedule = {"epochs": 3, "iterations": 2, "val_iterations": 1, "mirroring": False}
+    plans["configurations"]["3d_fullres"]["hlfd_schedule"] = schedule
+    student = make_student(nnUNetTrainerStudent, plans=plans)
+    assert (student.num_epochs, student.num_iterations_per_epoch, student.num_val_iterations_per_epoch) == (3, 2, 1)
+    assert student.save_every == 1 and student.schedule["test_time_mirroring"] is False  # as mirroring
+    assert make_student(nnUNetTrainerStudent).num_epochs == 1000  # no block: nnU-Net's own schedule
+    for bad, message in [
+        ({**schedule, "epochs": 0}, '"epochs": 0 is not a whole number ≥ 1'),
+        ({**schedule, "iterations": 2.5}, '"iterations": 2.5 is not a whole number'),
+        ({**schedule, "mirroring": "yes"}, "\"mirroring\": 'yes' is not true or false"),
+        ({**schedule, "epoch": 3}, "unknown keys \\['epoch'\\]"),
+        ({k: v for k, v in schedule.items() if k != "mirroring"}, "missing keys \\['mirroring'\\]"),
+        ({**schedule, "seed": "0"}, "\"seed\": '0' is not a whole number"),
+    ]:
+        plans["configurations"]["3d_fullres"]["hlfd_schedule"] = bad
+        with pytest.raises(OptionError, match=message):
+            make_student(nnUNetTrainerStudent, plans=plans)
+    with pytest.raises(OptionError, match='has no "hlfd_schedule" block: nnUNetTrainerHLFDTeacher follows'):
+        nnUNetTrainerHLFDTeacher(tiny_plans(), "3d_fullres", 0, copy.deepcopy(TINY_DATASET_JSON), torch.device("cpu"))
