@@ -6,6 +6,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+REFUSED_EXIT_CODE = 2  # the exit code of a command that refused its input
+
 
 class HLFDError(RuntimeError):
     """Base class: a command or a training cannot run as asked. Raised before anything is written."""
@@ -14,13 +16,13 @@ class HLFDError(RuntimeError):
 @contextmanager
 def exit_with_message(command: str, *errors: type[Exception]) -> Iterator[None]:
     """For the command line: these errors (default: every :class:`HLFDError`) end the command with their message and
-    exit code 2, no traceback."""
+    exit code 2 (REFUSED_EXIT_CODE), no traceback."""
     caught = errors or (HLFDError,)
     try:
         yield
     except caught as e:
         print(f"{command}: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(REFUSED_EXIT_CODE) from None
 
 
 class DistillationSetupError(HLFDError):

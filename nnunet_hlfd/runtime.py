@@ -9,14 +9,14 @@ training code, so that any layer may use it.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
 
+from nnunet_hlfd.errors import REFUSED_EXIT_CODE  # noqa: F401  (part of the contract, defined where it is used)
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
 
 # ---- environment variables read by the trainers -------------------------------------------------------------
@@ -30,7 +30,8 @@ STOP_AFTER_TIME_ENV = "nnUNet_hlfd_stop_after_time"
 
 # ---- exit codes ---------------------------------------------------------------------------------------------
 INTERRUPTED_EXIT_CODE = 75  # stopped by one of the two variables above, checkpointed: resume with --c
-REFUSED_EXIT_CODE = 2  # a command of this package refused its input (nnunet_hlfd.errors.exit_with_message)
+# REFUSED_EXIT_CODE (2): a command of this package refused its input (errors.exit_with_message, which defines it)
+STOPPED_EXIT_CODE = 3  # `nnunet_hlfd benchmark` stopped at its time limit: run the same command again to continue
 
 # ---- keys of an nnU-Net plans configuration ------------------------------------------------------------------
 PLANS_BLOCK = "hlfd"  # a student's options (width, teacher, the method's hyper-parameters)
@@ -46,6 +47,18 @@ def model_folder(results: str | Path, dataset_name: str, trainer: str, plans: st
     """nnU-Net's results folder of one trained model: ``results/DatasetXXX_Name/<Trainer>__<Plans>__<Configuration>``
     (the name from nnU-Net's own helper)."""
     return Path(results) / dataset_name / convert_trainer_plans_config_to_identifier(trainer, plans, configuration)
+
+
+def preprocessed_folder(dataset_name: str) -> Path:
+    """nnU-Net's preprocessed folder of a dataset (``$nnUNet_preprocessed/DatasetXXX_Name``)."""
+    return Path(nnUNet_preprocessed.get()) / dataset_name
+
+
+def plan_schedule(configuration: dict, schedules: dict[str, dict], teacher_trainer: str) -> None:
+    """Write schedules (``{SCHEDULE_KEY: {...}}``, optionally ``TEACHER_SCHEDULE_KEY``) into a plans configuration,
+    and make ``teacher_trainer`` (trained with that schedule) every student's teacher."""
+    configuration.update(schedules)
+    configuration[PLANS_BLOCK] = {"teacher_trainer": teacher_trainer}
 
 
 def nnunet_environment(root: Path) -> dict[str, str]:
@@ -65,21 +78,13 @@ def nnunet_environment(root: Path) -> dict[str, str]:
     return env
 
 
-def run_nnunet(
-    args: list[str], env: dict, log: Path, on_epoch: Callable[[int], None] | None = None, append: bool = False
-) -> tuple[int, float]:
-    """Run one of nnU-Net's commands with its output into ``log`` (the command line first); ``on_epoch`` is called
-    with each epoch number nnU-Net prints. Returns (exit code, seconds)."""
+def run_nnunet(args: list[str], env: dict, log: Path, append: bool = False) -> tuple[int, float]:
+    """Run one of nnU-Net's commands with its output into ``log`` (the command line first). Returns (exit code,
+    seconds)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "a" if append else "w") as f:
         f.write(f"$ {' '.join(args)}\n")
         f.flush()
-        process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in process.stdout:
-            f.write(line)
-            match = re.search(r"Epoch (\d+)$", line.strip()) if on_epoch is not None else None
-            if match:
-                on_epoch(int(match.group(1)))
-        process.wait()
-    return process.returncode, time.perf_counter() - start
+        code = subprocess.run(args, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    return code, time.perf_counter() - start

@@ -1,5 +1,6 @@
 """Shared helpers: small nnU-Net U-Nets and plans, built the way nnU-Net builds them."""
 
+import contextlib
 import copy
 import csv
 import json
@@ -15,7 +16,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
-from nnunet_hlfd.demo.pipeline import DEBUG_SCHEDULE, plan_schedule
+from nnunet_hlfd.demo.pipeline import DEBUG_SCHEDULE, write_schedule
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
 from nnunet_hlfd.runtime import model_folder as runtime_model_folder
 from nnunet_hlfd.runtime import nnunet_environment
@@ -287,10 +288,20 @@ def pipeline(tmp_path_factory):
     make_synthetic_dataset(root / "nnUNet_raw", DATASET_ID, num_training=6, num_test=2)
     run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIG, "-np", "1", "-npfp", "1"], env)
     # every trainer of these tests follows the short schedule, and the students learn from TEACHER
-    plan_schedule(root / "nnUNet_preprocessed" / DATASET, CONFIG, DEBUG_SCHEDULE, TEACHER)
+    write_schedule(root / "nnUNet_preprocessed" / DATASET, CONFIG, DEBUG_SCHEDULE, TEACHER)
     env["nnUNet_n_proc_DA"] = "0"  # single-threaded augmentation: deterministic and fast on 2 cores
     train_in_process(env, TEACHER)
     return env
+
+
+@contextlib.contextmanager
+def nnunet_variables(env: dict):
+    """This process with the nnU-Net variables of ``env`` (nnU-Net reads its folders from the environment)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            if key.startswith("nnUNet_"):
+                patch.setenv(key, value)
+        yield
 
 
 def train_in_process(
@@ -310,10 +321,7 @@ def train_in_process(
     the final validation is left out: its export workers would start nnU-Net once more."""
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            if key.startswith("nnUNet_"):
-                patch.setenv(key, value)
+    with nnunet_variables(env):
         nnunet_trainer = get_trainer_from_args(
             str(dataset_id), configuration, fold, trainer, plans, continue_training, device=torch.device("cpu")
         )

@@ -22,6 +22,7 @@ from nnunet_hlfd.runtime import (
     TEACHER_SCHEDULE_KEY,
     model_folder,
     nnunet_environment,
+    plan_schedule,
     run_nnunet,
 )
 
@@ -121,8 +122,7 @@ class Workspace:
             kwargs["features_per_stage"] = [min(profile.base_features * 2**i, profile.max_features) for i in range(n)]
         if profile.batch_size:
             configuration["batch_size"] = profile.batch_size
-        configuration.update(wanted)
-        configuration[PLANS_BLOCK] = {"teacher_trainer": TEACHER_TRAINER}  # every student's teacher: the benchmark's
+        plan_schedule(configuration, wanted, TEACHER_TRAINER)  # every student's teacher: the benchmark's
         write_text(plans_file, json.dumps(plans, indent=2))
 
     def write_variant_plans(self, preprocessed: Path, variant: Variant) -> None:

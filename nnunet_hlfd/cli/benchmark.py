@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from nnunet_hlfd.errors import exit_with_message
-
-STOPPED_EXIT_CODE = 3  # stopped at the time limit: run the same command again to continue
+from nnunet_hlfd.runtime import STOPPED_EXIT_CODE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
 from nnunet_hlfd.evaluation.evaluate import evaluate_folder
-from nnunet_hlfd.runtime import PLANS_BLOCK, SCHEDULE_KEY, model_folder, nnunet_environment, run_nnunet
+from nnunet_hlfd.runtime import SCHEDULE_KEY, model_folder, nnunet_environment, plan_schedule, run_nnunet
 
 DATASET_ID = 991
 DATASET_NAME = "HLFDDemo"
@@ -48,14 +48,13 @@ PROFILES = {
 }
 
 
-def plan_schedule(
+def write_schedule(
     preprocessed: Path, configuration: str, schedule: dict, teacher: str = TEACHER, plans: str = "nnUNetPlans"
 ) -> None:
     """Write the schedule and the teacher trainer into the dataset's plans, once, before anything trains."""
     plans_file = preprocessed / f"{plans}.json"
     written = json.loads(plans_file.read_text())
-    written["configurations"][configuration][SCHEDULE_KEY] = schedule
-    written["configurations"][configuration][PLANS_BLOCK] = {"teacher_trainer": teacher}
+    plan_schedule(written["configurations"][configuration], {SCHEDULE_KEY: schedule}, teacher)
     plans_file.write_text(json.dumps(written, indent=2))
 
 
@@ -63,15 +62,11 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _run(step: str, args: list[str], env: dict, log: Path, epochs: int | None = None) -> float:
-    """Run an nnU-Net command, its output into ``log``; print the epochs as they pass."""
+def _run(step: str, args: list[str], env: dict, log: Path) -> float:
+    """Run an nnU-Net command, its output into ``log``."""
     _say(f"{step}: {' '.join(args)}")
-
-    def show(epoch: int) -> None:
-        print(f"\r  epoch {epoch + 1}/{epochs}", end="", flush=True)
-
-    code, elapsed = run_nnunet(args, env, log, on_epoch=show)
-    print(f"\r  done in {elapsed:.0f} s (log: {log})" + " " * 10, flush=True)
+    code, elapsed = run_nnunet(args, env, log)
+    print(f"  done in {elapsed:.0f} s (log: {log})", flush=True)
     if code != 0:
         raise RuntimeError(f"{step} failed (exit code {code}); see {log}")
     return elapsed
@@ -169,7 +164,7 @@ def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = F
         logs / "plan_and_preprocess.log",
     )
     dataset = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
-    plan_schedule(Path(env["nnUNet_preprocessed"]) / dataset, CONFIGURATION, p.schedule)
+    write_schedule(Path(env["nnUNet_preprocessed"]) / dataset, CONFIGURATION, p.schedule)
     os.environ["nnUNet_n_proc_DA"] = "0"  # augmentation in this process: no worker start-up, deterministic
     rows = []
     for step, (role, trainer) in enumerate(

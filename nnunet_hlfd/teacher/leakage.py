@@ -1,17 +1,11 @@
 """Leakage: no teacher of a multi-teacher student may have trained on a case the student validates on."""
 
 import json
-from pathlib import Path
-
-from nnunetv2.paths import nnUNet_preprocessed
 
 from nnunet_hlfd.errors import OptionError
+from nnunet_hlfd.runtime import preprocessed_folder
 from nnunet_hlfd.splits import SPLITS_FILE, check_no_leakage
 from nnunet_hlfd.teacher.load import Teacher
-
-
-def _preprocessed_folder(plans: dict) -> Path:
-    return Path(nnUNet_preprocessed.get()) / plans["dataset_name"]
 
 
 def validated_cases(teacher: Teacher, file_ending: str) -> set[str]:
@@ -36,7 +30,7 @@ def check_teachers_do_not_leak(teachers: list[Teacher], plans: dict, dataset_jso
     a teacher whose validation folder disagrees with that file was trained on another split and is refused too."""
     if str(student_fold) == "all":
         return  # nnU-Net's 'all' validates on its own training cases: nothing left to leak into
-    splits_file = _preprocessed_folder(plans) / SPLITS_FILE
+    splits_file = preprocessed_folder(plans["dataset_name"]) / SPLITS_FILE
     if not splits_file.is_file():
         raise OptionError(
             f"{splits_file} does not exist, so it cannot be checked which cases the teachers trained on. Write the "

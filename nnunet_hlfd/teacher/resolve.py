@@ -14,10 +14,10 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
+from nnunetv2.paths import nnUNet_results
 
 from nnunet_hlfd.errors import OptionError, TeacherNotFoundError
-from nnunet_hlfd.runtime import PLANS_BLOCK, TEACHER_ENV, TEACHERS_ENV, model_folder
+from nnunet_hlfd.runtime import PLANS_BLOCK, TEACHER_ENV, TEACHERS_ENV, model_folder, preprocessed_folder
 from nnunet_hlfd.splits import ROLES_FILE
 from nnunet_hlfd.teacher.load import file_sha256
 from nnunet_hlfd.teacher.locate import TeacherSpec, teacher_spec_from_path
@@ -64,7 +64,7 @@ def default_teacher(plans: dict, configuration: str, fold, options: dict) -> Tea
 
 def split_teachers(plans: dict, configuration: str, fold, options: dict) -> list[TeacherSpec]:
     """The teacher folds ``nnunet_hlfd split`` recorded for the student's fold, in nnU-Net's results layout."""
-    roles_file = Path(nnUNet_preprocessed.get()) / plans["dataset_name"] / ROLES_FILE
+    roles_file = preprocessed_folder(plans["dataset_name"]) / ROLES_FILE
     if not roles_file.is_file():
         raise OptionError(
             f"No teachers given and no {roles_file}: write limit-trained splits with `nnunet_hlfd split "

@@ -13,7 +13,7 @@ import torch
 from conftest import assert_same_dice, nnunet_metrics, nnunet_predict, nnunet_train, run, train_in_process
 
 from nnunet_hlfd.cli import main
-from nnunet_hlfd.demo.pipeline import DEBUG_SCHEDULE, TEACHER, plan_schedule
+from nnunet_hlfd.demo.pipeline import DEBUG_SCHEDULE, TEACHER, write_schedule
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
 from nnunet_hlfd.runtime import nnunet_environment
 
@@ -45,7 +45,7 @@ def test_regions_with_ignore_label_resenc_in_2d(tmp_path):
     )
     env["nnUNet_n_proc_DA"] = "0"
     dataset = f"Dataset{DATASET_ID}_{NAME}"
-    plan_schedule(tmp_path / "nnUNet_preprocessed" / dataset, "2d", DEBUG_SCHEDULE, TEACHER, PLANS)
+    write_schedule(tmp_path / "nnUNet_preprocessed" / dataset, "2d", DEBUG_SCHEDULE, TEACHER, PLANS)
     # a narrow ResEnc with small batches: the same architecture class and layout, a fraction of the CPU time
     plans_file = tmp_path / "nnUNet_preprocessed" / dataset / f"{PLANS}.json"
     plans = json.loads(plans_file.read_text())

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIG, DATASET, DATASET_ID, TEACHER, model_folder, train_in_process
+from conftest import CONFIG, DATASET, DATASET_ID, TEACHER, model_folder, nnunet_variables, train_in_process
 
 from nnunet_hlfd.runtime import (
     INTERRUPTED_EXIT_CODE,
@@ -78,10 +78,7 @@ def read_back(env: dict, trainer: str):
     """A fresh trainer with the final checkpoint loaded, as --c (or --val) loads it."""
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            if key.startswith("nnUNet_"):
-                patch.setenv(key, value)
+    with nnunet_variables(env):
         fresh = get_trainer_from_args(str(DATASET_ID), CONFIG, 0, trainer, PLANS, True, device=torch.device("cpu"))
         maybe_load_checkpoint(fresh, True, False)
     return fresh
