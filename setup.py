@@ -19,6 +19,10 @@ setup(
         "matplotlib>=3.6",
         "scipy>=1.10",
         "monai>=1.4,<1.7",  # surface distances for HD95, ASSD and NSD (evaluation)
+        # deploy bundles: the ONNX export (torch.export-based, needs onnxscript) and prediction on ONNX Runtime
+        "onnx>=1.16,<2",
+        "onnxscript>=0.5,<1",
+        "onnxruntime>=1.18,<2",
     ],
     extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5,<4", "ruff>=0.5", "surface-distance>=0.1,<0.2"]},
     entry_points={"console_scripts": ["nnunet_hlfd=nnunet_hlfd.cli:main"]},

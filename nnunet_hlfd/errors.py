@@ -72,3 +72,7 @@ class StageLayoutError(HLFDError, ValueError):
 
 class BenchmarkError(HLFDError):
     """The benchmark cannot run (or continue) as asked."""
+
+
+class DeployError(HLFDError):
+    """A model cannot be exported, or a deploy bundle cannot predict, as asked."""

@@ -331,3 +331,58 @@ def train_in_process(
         if validate or validation_only:
             nnunet_trainer.perform_actual_validation(False)
     return nnunet_trainer
+
+
+def assert_bundle_predicts_like(model: Path, images: Path, stock_predictions: Path, work: Path) -> dict:
+    """Issue 18's parity on a trained model: fold 0 exported (``nnunet_hlfd export``) and predicted from the bundle
+    with ONNX Runtime (``nnunet_hlfd predict``, the options of :func:`nnunet_predict`: no TTA, step 0.5) gives stock
+    ``nnUNetv2_predict``'s segmentations: ≥ 99.9 % of the voxels identical and Dice ≥ 0.999 per label or region
+    (nnU-Net's own ``compute_metrics``, stock as the reference). The first case's logits, with mirroring, agree within
+    ``LOGITS_TOLERANCE``; the bundle is under 3/4 of the fold's results folder (ONNX and checkpoint hold the
+    weights twice, but no optimizer state, second checkpoint or validation). Returns the manifest."""
+    import numpy as np
+    import SimpleITK as sitk
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    from nnunet_hlfd.cli import main
+    from nnunet_hlfd.deploy.onnx_predictor import LOGITS_AGREEMENT, load_bundle_predictor, logits_agreement
+    from nnunet_hlfd.deploy.trained import case_files, load_predictor, preprocess
+
+    bundle, out = work / "bundle", work / "bundle_predictions"
+    main(["export", str(model), "-f", "0", "-o", str(bundle)])
+    # fmt: off
+    main(["predict", str(bundle), "-i", str(images), "-o", str(out), "-device", "cpu", "--disable_tta",
+          "-npp", "0", "-nps", "0", "--disable_progress_bar"])
+    # fmt: on
+    dataset_json = json.loads((bundle / "dataset.json").read_text())
+    stock_files = sorted(stock_predictions.glob(f"*{dataset_json['file_ending']}"))
+    assert stock_files and sorted(p.name for p in out.glob(f"*{dataset_json['file_ending']}")) == [
+        p.name for p in stock_files
+    ]
+    reader = determine_reader_writer_from_dataset_json(dataset_json, str(stock_files[0]))()
+    labels = PlansManager(str(bundle / "plans.json")).get_label_manager(dataset_json)
+    classes = labels.foreground_regions if labels.has_regions else labels.foreground_labels
+    for stock in stock_files:
+        ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / stock.name)))
+        assert np.mean(ours == sitk.GetArrayFromImage(sitk.ReadImage(str(stock)))) >= 0.999, stock.name
+        metrics = compute_metrics(str(stock), str(out / stock.name), reader, classes, labels.ignore_label)["metrics"]
+        for name, values in metrics.items():  # NaN: the class is absent from both
+            assert math.isnan(values["Dice"]) or values["Dice"] >= 0.999, (stock.name, name, values["Dice"])
+
+    case = preprocess(load_predictor(model, 0, "checkpoint_final.pth", torch.device("cpu")), next(
+        iter(case_files(images, dataset_json["file_ending"]).values())
+    ))[0]  # fmt: skip
+    reference = load_predictor(model, 0, "checkpoint_final.pth", torch.device("cpu"))
+    reference.use_mirroring = True
+    onnx = load_bundle_predictor(bundle, use_mirroring=True, allow_tqdm=False)
+    assert onnx.allowed_mirroring_axes == reference.allowed_mirroring_axes
+    # the tests' schedule trains without test-time mirroring: mirror every axis anyway, to compare with TTA
+    all_axes = tuple(range(len(reference.configuration_manager.patch_size)))
+    reference.allowed_mirroring_axes = onnx.allowed_mirroring_axes = reference.allowed_mirroring_axes or all_axes
+    expected = reference.predict_logits_from_preprocessed_data(case)
+    assert logits_agreement(onnx.predict_logits_from_preprocessed_data(case), expected) >= LOGITS_AGREEMENT
+
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["bundle_bytes"] < 0.75 * manifest["results_folder_bytes"], manifest
+    return manifest

@@ -138,17 +138,18 @@ class Report:
         return cached.read_text()
 
     def _efficiency(self) -> str:
-        from nnunet_hlfd.evaluation.efficiency import format_markdown, hardware, measure_efficiency
+        from nnunet_hlfd.evaluation.efficiency import ModelSpec, format_markdown, hardware, measure_efficiency
 
         if not self.profile.efficiency_cases:
             return f"Not measured in the `{self.profile.name}` profile."
         self.workspace.log("efficiency of the teacher and the student")
-        models = {
-            "teacher": self.workspace.model_folder(TEACHER_TRAINER),
-            "student": self.workspace.model_folder(ROWS["student"]),
-        }
+        fold = (str(self.profile.folds[0]),)
+        models = [
+            ModelSpec("teacher", self.workspace.model_folder(TEACHER_TRAINER), fold),
+            ModelSpec("student", self.workspace.model_folder(ROWS["student"]), fold),
+        ]
         devices = [self.profile.device]
-        measured = measure_efficiency(models, devices, self.profile.folds[0], images=self.work / "test" / "images",
+        measured = measure_efficiency(models, devices, images=self.work / "test" / "images",
                                       num_cases=self.profile.efficiency_cases, progress=False)  # fmt: skip
         return format_markdown(measured, 3, hardware(devices))
 

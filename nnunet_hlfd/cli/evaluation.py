@@ -88,17 +88,31 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
     efficiency = commands.add_parser(
         "efficiency",
-        help="parameters, multiply-adds per patch, sliding-window time and peak memory of trained models",
-        description="Measure trained models side by side in one process, on the CPU and (if present) the GPU. "
-        "MODEL is [NAME=]nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION.",
+        help="time per case (preprocessing / network / export), peak memory, MACs, Dice: models x backends x settings",
+        description="Measure models side by side in one process: per model, backend (PyTorch, ONNX Runtime), "
+        "test-time mirroring and sliding-window step, the time per case split into preprocessing, network and "
+        "export, peak memory, parameters and MACs; with -r, the Dice of each setting's segmentations. MODEL is "
+        "[NAME=]FOLDER[@FOLD,FOLD...]: a results folder (nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIG) or "
+        "a deploy bundle, with its folds (default: -f); several folds are ensembled, as nnUNetv2_predict does. "
+        "Writes efficiency.md, efficiency.json and (with -r) efficiency.png, Dice against time.",
     )
-    efficiency.add_argument("models", nargs="+", metavar="MODEL", help="[NAME=]results folder, e.g. teacher=...")
+    efficiency.add_argument("models", nargs="+", metavar="MODEL", help="[NAME=]FOLDER[@FOLDS], e.g. teacher=...@0")
     _add_checkpoint_options(efficiency)
     efficiency.add_argument(
-        "-i", "--images", help="raw images to time (default: a random case of the plans' median image size)"
+        "-i", "--images", help="raw images to time (default: a random case of the plans' median size, network only)"
     )
-    efficiency.add_argument("--cases", type=int, default=1, help="how many cases of --images (default: 1)")
+    efficiency.add_argument("-r", "--references", help="reference labels of the images: adds each setting's Dice")
+    efficiency.add_argument("--cases", type=int, default=1, help="how many cases of --images; 0: all (default: 1)")
     efficiency.add_argument("--repeats", type=int, default=3, help="timed turns per model and case (default: 3)")
+    efficiency.add_argument(
+        "--backend", nargs="+", choices=["pytorch", "onnx"], default=["pytorch"], help="default: pytorch"
+    )
+    efficiency.add_argument(
+        "--tta", nargs="+", choices=["off", "on"], default=["off"], help="test-time mirroring (default: off)"
+    )
+    efficiency.add_argument(
+        "--step-size", nargs="+", type=float, default=[0.5], help="sliding-window step(s) (default: 0.5)"
+    )
     efficiency.add_argument(
         "--device", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda when a GPU is visible"
     )
@@ -189,21 +203,27 @@ def _run(args: argparse.Namespace) -> None:
         import torch
 
         from nnunet_hlfd.evaluation.efficiency import (
-            MARKDOWN_FILE,
             format_markdown,
             hardware,
             measure_efficiency,
+            model_specs,
+            settings_grid,
             write_efficiency,
         )
 
         devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
         images = Path(args.images) if args.images else None
-        models = named_paths(args.models)
-        rows = measure_efficiency(models, devices, args.fold, args.checkpoint, images, args.cases, args.repeats)
+        references = Path(args.references) if args.references else None
+        settings = settings_grid(args.backend, [t == "on" for t in args.tta], args.step_size)
+        models = model_specs(named_paths(args.models), args.fold)
+        num_cases = args.cases if args.cases > 0 else 10**9
+        rows = measure_efficiency(
+            models, devices, settings, images, references, Path(args.output), args.checkpoint, num_cases, args.repeats
+        )
         markdown = format_markdown(rows, args.repeats, hardware(devices))
-        write_efficiency(rows, markdown, Path(args.output))
+        written = write_efficiency(rows, markdown, Path(args.output))
         print(markdown)
-        print(f"wrote {Path(args.output) / MARKDOWN_FILE}")
+        print("wrote " + ", ".join(str(p) for p in written))
     elif args.command == "visualize":
         from nnunet_hlfd.evaluation import figures
 

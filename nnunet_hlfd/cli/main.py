@@ -1,9 +1,10 @@
 """``nnunet_hlfd``: the package's command line, one sub-command per module of this package (conversion,
-evaluation, benchmark). Training and prediction use nnU-Net's own commands."""
+evaluation, deployment, benchmark). Training and prediction use nnU-Net's own commands; ``export`` and ``predict``
+make and use a deploy bundle."""
 
 import argparse
 
-from nnunet_hlfd.cli import benchmark, conversion, evaluation
+from nnunet_hlfd.cli import benchmark, conversion, deploy, evaluation
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
 
 SETUP_LINE = f"export nnUNet_extTrainer={EXT_TRAINER_DIR}"
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     conversion.add_convert_parser(commands)
     conversion.add_split_parser(commands)
     evaluation.add_parsers(commands)
+    deploy.add_parsers(commands)
     benchmark.add_parser(commands)
     args = parser.parse_args(argv)
 
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         conversion.run_split(args)
     elif args.command in evaluation.COMMANDS:
         evaluation.run(args)
+    elif args.command in deploy.COMMANDS:
+        deploy.run(args)
     elif args.command == "benchmark":
         raise SystemExit(benchmark.run(args))
 

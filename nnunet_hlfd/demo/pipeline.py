@@ -122,7 +122,7 @@ def _predict(model_folder: Path, images: Path, output: Path) -> tuple[int, float
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     from nnunet_hlfd.adapters import count_parameters
-    from nnunet_hlfd.evaluation.trained import load_predictor
+    from nnunet_hlfd.deploy.trained import load_predictor
 
     predictor = load_predictor(model_folder, 0, "checkpoint_final.pth", torch.device("cpu"))
     output.mkdir(parents=True, exist_ok=True)

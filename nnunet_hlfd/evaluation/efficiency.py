@@ -1,26 +1,33 @@
-"""``efficiency``: what a model costs, measured for several trained models side by side in one process.
+"""``efficiency``: what a model costs end to end, measured for several models side by side in one process.
 
-Per model (an nnU-Net results folder, e.g. the teacher's and the student's) and device:
+Per model (a results folder or a deploy bundle, one fold or an ensemble of folds), backend (PyTorch, ONNX Runtime),
+test-time mirroring (TTA) and sliding-window step, the time per case split into
 
-- parameters of the exported network (adapters are training-only and not part of it);
-- multiply-adds of one forward pass over one patch, counted by PyTorch's own ``FlopCounterMode``
-  (convolutions, transposed convolutions and matrix products; MACs = FLOPs / 2);
-- sliding-window inference time per case (nnU-Net's predictor, no mirroring, on the preprocessed case) and
-  peak memory during it: on a GPU, ``torch.cuda.max_memory_allocated``; on the CPU, the process's peak
-  resident set size (VmHWM, reset before each measurement), also given as the growth over the resident size
-  just before.
+- **preprocessing**: nnU-Net's reading, cropping, resampling and normalisation of the raw images;
+- **network**: nnU-Net's sliding window (Gaussian weighting, mirroring, the fold ensemble) on the preprocessed case;
+- **export**: nnU-Net's resampling of the logits back to the image's grid, argmax and writing the file;
 
-Models are measured in turns (teacher, student, teacher, student, ...) so that drifting machine load hits
-every model alike; times are medians over the repeats.
+plus the peak memory of the network phase (GPU: ``torch.cuda.max_memory_allocated``; CPU: the process's peak
+resident set size, reset before each measurement, and its growth over the size just before), parameters and
+multiply-adds of one forward pass over one patch (PyTorch's ``FlopCounterMode``; MACs = FLOPs / 2). With reference
+labels, every setting's exported segmentations are evaluated (``nnunet_hlfd evaluate``), so each row also has its
+Dice: what a faster setting costs in accuracy.
+
+Models and settings are measured in turns within each case and repeat, so drifting machine load hits all alike;
+times are medians over repeats, averaged over cases. Without images, a random case of the plans' median size is
+timed (network only: there is no file to read or write).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import platform
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +35,41 @@ import torch
 from tqdm import tqdm
 
 from nnunet_hlfd.adapters import count_parameters
+from nnunet_hlfd.deploy.trained import case_files, load_predictor, preprocess_with_properties
 from nnunet_hlfd.errors import EvaluationError
-from nnunet_hlfd.evaluation.trained import case_files, load_predictor, preprocess
 from nnunet_hlfd.files import write_text
 
 MARKDOWN_FILE = "efficiency.md"
 JSON_FILE = "efficiency.json"
+FIGURE_FILE = "efficiency.png"
+BACKENDS = ("pytorch", "onnx")
+PHASES = ("preprocessing", "network", "export")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    folder: Path  # a results folder or a deploy bundle
+    folds: tuple[str, ...] = ("0",)
+
+
+@dataclass(frozen=True)
+class Setting:
+    backend: str
+    tta: bool
+    step: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}, TTA {'on' if self.tta else 'off'}, step {self.step:g}"
 
 
 @dataclass
-class Model:
-    name: str
-    folder: Path
-    predictor: object  # nnUNetPredictor
-    cases: list[torch.Tensor]  # preprocessed, (C, *spatial)
+class _Loaded:
+    spec: ModelSpec
+    predictors: dict[str, object]  # backend -> nnUNetPredictor
+    times: dict = field(default_factory=dict)  # (setting, phase, case) -> [seconds per repeat]
+    peaks: dict = field(default_factory=dict)  # setting -> [measurements]
 
 
 def count_macs(network: torch.nn.Module, input_shape: tuple[int, ...], device: torch.device) -> int:
@@ -54,10 +82,10 @@ def count_macs(network: torch.nn.Module, input_shape: tuple[int, ...], device: t
     return counter.get_total_flops() // 2
 
 
-def _rss_kib(field: str) -> int | None:
+def _rss_kib(field_name: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
+            if line.startswith(field_name + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -73,94 +101,259 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def prepare_cases(predictor, images: Path | None, num_cases: int) -> list[torch.Tensor]:
-    """The first ``num_cases`` cases of ``images``, preprocessed for this model, or, without images, one random
-    case of the configuration's median image size (sliding-window time depends on the shape, not the content)."""
-    if images is None:
-        channels = len(predictor.dataset_json["channel_names"])
-        shape = [int(round(s)) for s in predictor.configuration_manager.median_image_size_in_voxels]
-        return [torch.randn((channels, *shape), generator=torch.Generator().manual_seed(0))]
-    files = list(case_files(images, predictor.dataset_json["file_ending"]).values())[:num_cases]
-    return [preprocess(predictor, f)[0] for f in files]
+def _is_bundle(folder: Path) -> bool:
+    from nnunet_hlfd.deploy.bundle import MANIFEST
+
+    return (Path(folder) / MANIFEST).is_file()
 
 
-def _measure(model: Model, case: torch.Tensor, device: torch.device) -> dict:
+def _load(spec: ModelSpec, backends: list[str], device: torch.device, checkpoint: str, scratch: Path) -> _Loaded:
+    """The model's predictor per backend; a results folder is exported into ``scratch`` for ONNX Runtime."""
+    from nnunet_hlfd.deploy.bundle import CHECKPOINT, export_bundle, parse_folds
+    from nnunet_hlfd.deploy.onnx_predictor import load_bundle_predictor
+
+    folds = tuple(str(f) for f in parse_folds(list(spec.folds)))
+    # PyTorch's predictor always: it preprocesses (the same for both backends) and its network is counted
+    chosen = CHECKPOINT if _is_bundle(spec.folder) else checkpoint
+    predictors = {"pytorch": load_predictor(spec.folder, folds, chosen, device)}
+    if "onnx" in backends:
+        bundle = spec.folder
+        if not _is_bundle(bundle):
+            bundle = scratch / spec.name
+            export_bundle(spec.folder, parse_folds(list(folds)), bundle, checkpoint, log=lambda _: None)
+        predictors["onnx"] = load_bundle_predictor(bundle, list(folds), device=device, allow_tqdm=False)
+    for predictor in predictors.values():
+        # a model trained without test-time mirroring has no axes of its own: TTA on mirrors every spatial axis,
+        # as nnU-Net's default trainer allows (the models were trained with mirror augmentation)
+        if predictor.allowed_mirroring_axes is None:
+            predictor.allowed_mirroring_axes = tuple(range(len(predictor.configuration_manager.patch_size)))
+    return _Loaded(spec, predictors)
+
+
+def _configure(predictor, setting: Setting) -> None:
+    predictor.tile_step_size = setting.step
+    predictor.use_mirroring = setting.tta
+
+
+def _network(predictor, data: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, dict]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     before = _rss_kib("VmRSS")
     reset = _reset_peak_rss()
     start = time.perf_counter()
-    with torch.no_grad():
-        model.predictor.predict_sliding_window_return_logits(case)
+    with contextlib.redirect_stdout(io.StringIO()):
+        logits = predictor.predict_logits_from_preprocessed_data(data)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     if device.type == "cuda":
-        return {"seconds": seconds, "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+        return logits, {"seconds": seconds, "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20}
     peak = _rss_kib("VmHWM") if reset else None
-    return {
+    return logits, {
         "seconds": seconds,
         "peak_mib": peak / 1024 if peak else None,
         "growth_mib": (peak - before) / 1024 if peak and before else None,
     }
 
 
+def _export(predictor, logits: torch.Tensor, properties: dict, output_truncated: Path) -> float:
+    from nnunetv2.inference.export_prediction import export_prediction_from_logits
+
+    output_truncated.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    export_prediction_from_logits(
+        logits,
+        properties,
+        predictor.configuration_manager,
+        predictor.plans_manager,
+        predictor.dataset_json,
+        str(output_truncated),
+        False,
+    )
+    return time.perf_counter() - start
+
+
+def model_specs(named: dict[str, Path], default_folds: str) -> list[ModelSpec]:
+    """``NAME=FOLDER[@FOLD,FOLD...]`` (already split into name and path) into specs; ``default_folds`` is ``-f``."""
+    specs = []
+    for name, path in named.items():
+        folder, _, folds = str(path).partition("@")
+        folds = tuple(f for f in (folds or default_folds).replace(" ", ",").split(",") if f)
+        specs.append(ModelSpec(name.partition("@")[0], Path(folder), folds))
+    return specs
+
+
+def settings_grid(backends: list[str], tta: list[bool], steps: list[float]) -> list[Setting]:
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        raise EvaluationError(f"backend(s) {unknown}: choose among {list(BACKENDS)}")
+    bad = [s for s in steps if not 0 < s <= 1]
+    if bad:
+        raise EvaluationError(f"step size(s) {bad}: each must be in (0, 1]")
+    return [Setting(b, t, s) for b in backends for t in tta for s in steps]
+
+
 def measure_efficiency(
-    folders: dict[str, Path],
+    models: list[ModelSpec],
     devices: list[str],
-    fold: int | str = 0,
-    checkpoint: str = "checkpoint_final.pth",
+    settings: list[Setting] | None = None,
     images: Path | None = None,
+    references: Path | None = None,
+    output: Path | None = None,
+    checkpoint: str = "checkpoint_final.pth",
     num_cases: int = 1,
     repeats: int = 3,
     progress: bool = True,
 ) -> list[dict]:
-    """One row per device and model."""
+    """One row per device, model and setting. With ``references``, the segmentations go to ``output/predictions``
+    and are evaluated there."""
+    settings = settings or [Setting("pytorch", False, 0.5)]
+    if references is not None and (images is None or output is None):
+        raise EvaluationError("reference labels need the images they belong to (-i) and an output folder")
+    if references is not None and not Path(references).is_dir():
+        raise EvaluationError(f"reference labels folder {references} does not exist")
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise EvaluationError(f"model names {names}: each must be unique (NAME=PATH)")
+    backends = sorted({s.backend for s in settings}, key=BACKENDS.index)
     rows = []
     for device_name in devices:
         device = torch.device(device_name)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise EvaluationError("--device cuda: no CUDA GPU is visible to PyTorch here")
-        models = []
-        for name, folder in folders.items():
-            predictor = load_predictor(Path(folder), fold, checkpoint, device)
-            models.append(Model(name, Path(folder), predictor, prepare_cases(predictor, images, num_cases)))
-        for model in models:  # warm-up (cuDNN autotuning, allocator, first-call overheads): not timed
-            _measure(model, model.cases[0], device)
-        times = {m.name: [[] for _ in m.cases] for m in models}
-        peaks = {m.name: [] for m in models}
-        total = repeats * sum(len(m.cases) for m in models)
-        with tqdm(total=total, desc=f"efficiency ({device_name})", unit="case", disable=not progress) as bar:
-            for _ in range(repeats):
-                for model in models:
-                    for i, case in enumerate(model.cases):
-                        measured = _measure(model, case, device)
-                        times[model.name][i].append(measured["seconds"])
-                        peaks[model.name].append(measured)
-                        bar.update()
-        for model in models:
-            network = model.predictor.network
-            patch = tuple(model.predictor.configuration_manager.patch_size)
-            per_case = [float(np.median(t)) for t in times[model.name]]
-            rows.append(
-                {
-                    "model": model.name,
-                    "folder": str(model.folder),
-                    "device": device_name,
-                    "parameters": count_parameters(network),
-                    "patch_size": list(patch),
-                    "macs_per_patch": count_macs(network, (1, model.cases[0].shape[0], *patch), device),
-                    "case_shapes": [list(c.shape[1:]) for c in model.cases],
-                    "seconds_per_case": float(np.mean(per_case)),
-                    "peak_memory_mib": _max(p["peak_mib"] for p in peaks[model.name]),
-                    "memory_growth_mib": _max(p.get("growth_mib") for p in peaks[model.name]),
-                }
+        with tempfile.TemporaryDirectory(prefix="efficiency_") as scratch:
+            loaded = [_load(spec, backends, device, checkpoint, Path(scratch)) for spec in models]
+            exports = Path(scratch) / "exports"  # segmentations that are timed but not evaluated
+            rows += _measure_device(
+                loaded,
+                settings,
+                device,
+                images,
+                references,
+                output if references else exports,
+                num_cases,
+                repeats,
+                progress,
             )
-        del models
+            del loaded
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def _case_list(predictor, images: Path | None, num_cases: int) -> dict[str, list[str] | None]:
+    if images is None:
+        return {"random": None}
+    files = case_files(images, predictor.dataset_json["file_ending"])
+    return dict(list(files.items())[:num_cases])
+
+
+def _random_case(predictor) -> torch.Tensor:
+    channels = len(predictor.dataset_json["channel_names"])
+    shape = [int(round(s)) for s in predictor.configuration_manager.median_image_size_in_voxels]
+    return torch.randn((channels, *shape), generator=torch.Generator().manual_seed(0))
+
+
+def _predictions_folder(output: Path, device: str, model: str, setting: Setting) -> Path:
+    tag = f"{setting.backend}_tta{'on' if setting.tta else 'off'}_step{setting.step:g}"
+    return output / "predictions" / device / model / tag
+
+
+def _measure_device(loaded, settings, device, images, references, output, num_cases, repeats, progress) -> list[dict]:
+    cases = _case_list(loaded[0].predictors["pytorch"], images, num_cases)
+    total = repeats * len(cases) * len(loaded) * (len(settings) + 1)
+    shapes: dict[str, list] = {m.spec.name: [] for m in loaded}
+    with tqdm(total=total, desc=f"efficiency ({device.type})", unit="run", disable=not progress) as bar:
+        # one untimed turn on the first case first (allocator, ONNX Runtime's first-run set-up, cuDNN autotuning)
+        for repeat in range(-1, repeats):
+            for case, files in list(cases.items())[:1] if repeat < 0 else cases.items():
+                prepared = {}
+                for model in loaded:  # preprocessing depends on the plans only, not on backend or setting
+                    predictor = model.predictors["pytorch"]
+                    start = time.perf_counter()
+                    if files is None:
+                        data, properties = _random_case(predictor), None
+                    else:
+                        data, _, properties = preprocess_with_properties(predictor, files)
+                    seconds = time.perf_counter() - start
+                    prepared[model.spec.name] = (data, properties)
+                    if repeat >= 0:
+                        model.times.setdefault(("*", "preprocessing", case), []).append(seconds)
+                        bar.update()
+                    if repeat == 0:
+                        shapes[model.spec.name].append((case, list(data.shape[1:])))
+                for setting in settings:
+                    for model in loaded:
+                        predictor = model.predictors[setting.backend]
+                        _configure(predictor, setting)
+                        data, properties = prepared[model.spec.name]
+                        logits, measured = _network(predictor, data, device)
+                        if properties is not None:
+                            folder = _predictions_folder(output, device.type, model.spec.name, setting)
+                            exported = _export(predictor, logits, properties, folder / case)
+                        else:
+                            exported = None
+                        if repeat >= 0:
+                            model.times.setdefault((setting, "network", case), []).append(measured["seconds"])
+                            if exported is not None:
+                                model.times.setdefault((setting, "export", case), []).append(exported)
+                            model.peaks.setdefault(setting, []).append(measured)
+                            bar.update()
+    return [_row(model, setting, device, cases, shapes, references, output) for setting in settings for model in loaded]
+
+
+def _median_per_case(model: _Loaded, setting, phase: str, cases) -> float | None:
+    values = [model.times.get((setting, phase, case)) for case in cases]
+    if any(v is None for v in values):
+        return None
+    return float(np.mean([np.median(v) for v in values]))
+
+
+def _row(model: _Loaded, setting: Setting, device, cases, shapes, references, output) -> dict:
+    predictor = model.predictors[setting.backend]
+    network = model.predictors["pytorch"].network
+    patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
+    channels = len(predictor.dataset_json["channel_names"])
+    seconds = {
+        "preprocessing": _median_per_case(model, "*", "preprocessing", cases),
+        "network": _median_per_case(model, setting, "network", cases),
+        "export": _median_per_case(model, setting, "export", cases),
+    }
+    peaks = model.peaks.get(setting, [])
+    row = {
+        "model": model.spec.name,
+        "folder": str(model.spec.folder),
+        "folds": list(model.spec.folds),
+        "device": device.type,
+        "backend": setting.backend,
+        "tta": setting.tta,
+        "mirroring_axes": list(predictor.allowed_mirroring_axes) if setting.tta else None,
+        "step_size": setting.step,
+        "parameters": count_parameters(network),
+        "patch_size": list(patch),
+        "macs_per_patch": count_macs(network, (1, channels, *patch), device),
+        "case_shapes": [shape for _, shape in shapes[model.spec.name]],
+        "seconds": seconds,
+        "seconds_per_case": sum(v for v in seconds.values() if v is not None),
+        "peak_memory_mib": _max(p["peak_mib"] for p in peaks),
+        "memory_growth_mib": _max(p.get("growth_mib") for p in peaks),
+        "dice": None,
+    }
+    if references is not None:
+        from nnunet_hlfd.evaluation.evaluate import evaluate_folder
+
+        folder = _predictions_folder(output, device.type, model.spec.name, setting)
+        summary = evaluate_folder(folder, references, _dataset_json(predictor, output), chill=True, progress=False)
+        row["dice"] = {name: c["metrics"]["Dice"]["mean"] for name, c in summary["classes"].items()}
+    return row
+
+
+def _dataset_json(predictor, output: Path) -> Path:
+    path = output / "predictions" / "dataset.json"
+    if not path.is_file():
+        write_text(path, json.dumps(predictor.dataset_json, indent=2))
+    return path
 
 
 def _max(values) -> float | None:
@@ -175,35 +368,96 @@ def hardware(devices: list[str]) -> str:
     ]
     if "cuda" in devices and torch.cuda.is_available():
         parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    try:
+        import onnxruntime
+
+        parts.append(f"onnxruntime {onnxruntime.__version__}")
+    except ImportError:
+        pass
     return "; ".join(parts) + f"; torch {torch.__version__}"
 
 
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def format_markdown(rows: list[dict], repeats: int, hardware_line: str) -> str:
-    head = ["model", "device", "parameters", "× first", "GMACs / patch", "patch", "s / case", "peak memory (MiB)"]
+    classes = sorted({name for r in rows if r["dice"] for name in r["dice"]})
+    head = ["model", "device", "backend", "TTA", "step", "parameters", "GMACs / patch", "preprocessing (s)",
+            "network (s)", "export (s)", "s / case", "× first", "peak memory (MiB)"]  # fmt: skip
+    head += [f"Dice {c}" for c in classes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     first = {}
     for r in rows:
         first.setdefault(r["device"], r)
-        ratio = r["parameters"] / first[r["device"]]["parameters"]
+        ratio = r["seconds_per_case"] / first[r["device"]]["seconds_per_case"]
         memory = "–" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
         if r["memory_growth_mib"] is not None:
             memory += f" (+{r['memory_growth_mib']:.0f})"
-        lines.append(
-            f"| {r['model']} | {r['device']} | {r['parameters']:,} | {ratio:.2f} | {r['macs_per_patch'] / 1e9:.3f} | "
-            f"{'×'.join(map(str, r['patch_size']))} | {r['seconds_per_case']:.3f} | {memory} |"
-        )
-    shapes = {tuple(map(tuple, r["case_shapes"])) for r in rows}
+        dice = [("–" if not r["dice"] or r["dice"].get(c) is None else f"{r['dice'][c]:.3f}") for c in classes]
+        folds = "" if r["folds"] == ["0"] else f" (folds {', '.join(r['folds'])})"
+        cells = [
+            r["model"] + folds, r["device"], r["backend"], "on" if r["tta"] else "off", f"{r['step_size']:g}",
+            f"{r['parameters']:,}", f"{r['macs_per_patch'] / 1e9:.3f}", _seconds(r["seconds"]["preprocessing"]),
+            _seconds(r["seconds"]["network"]), _seconds(r["seconds"]["export"]), f"{r['seconds_per_case']:.3f}",
+            f"{ratio:.2f}", memory, *dice,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    shapes = sorted({tuple(s) for r in rows for s in r["case_shapes"]})
     note = (
-        f"Sliding window (step 0.5, no mirroring) on {len(rows[0]['case_shapes'])} preprocessed case(s) of shape(s) "
-        f"{', '.join('×'.join(map(str, s)) for s in sorted({s for group in shapes for s in group}))}; "
-        f"median of {repeats} turns per case, models measured alternately in one process. Peak memory: GPU "
-        "max_memory_allocated; CPU peak resident set size of the process (+ growth during inference). "
-        + hardware_line
-        + "."
+        f"{len(rows[0]['case_shapes'])} case(s), preprocessed shape(s) "
+        f"{', '.join('×'.join(map(str, s)) for s in shapes)}; median of {repeats} turn(s) per case after one "
+        "untimed turn on the first case, models and settings measured alternately in one process. s / case = "
+        "preprocessing + network (sliding window, incl. TTA and the fold ensemble) + export (resampling to the "
+        "image grid, writing). Peak memory of the network phase: GPU max_memory_allocated; CPU peak resident set "
+        "size of the process (+ growth during it). " + hardware_line + "."
     )
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
-def write_efficiency(rows: list[dict], markdown: str, output: Path) -> None:
+def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path | None:
+    """Dice per label/region against seconds per case, one point per model and setting (None: no Dice measured)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nnunet_hlfd.plots import save_figure
+
+    classes = sorted({name for r in rows if r["dice"] for name in r["dice"]})
+    if not classes:
+        return None
+    fig, axes = plt.subplots(1, len(classes), figsize=(5.5 * len(classes), 4.2), squeeze=False)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    colours = plt.get_cmap("tab10")
+    markers = {("pytorch", False): "o", ("pytorch", True): "s", ("onnx", False): "^", ("onnx", True): "D"}
+    for ax, name in zip(axes[0], classes):
+        for r in rows:
+            if not r["dice"] or r["dice"].get(name) is None:
+                continue
+            ax.scatter(
+                r["seconds_per_case"], r["dice"][name], color=colours(models.index(r["model"]) % 10),
+                marker=markers[(r["backend"], r["tta"])], s=60 if r["step_size"] == 0.5 else 30, alpha=0.85,
+            )  # fmt: skip
+        ax.set_title(f"Dice {name}")
+        ax.set_xlabel(f"seconds per case ({rows[0]['device']})")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    handles = [
+        plt.Line2D([], [], color=colours(i % 10), marker="o", linestyle="", label=m) for i, m in enumerate(models)
+    ]
+    handles += [
+        plt.Line2D([], [], color="grey", marker=marker, linestyle="", label=f"{b}, TTA {'on' if t else 'off'}")
+        for (b, t), marker in markers.items()
+        if any(r["backend"] == b and r["tta"] == t for r in rows)
+    ]
+    axes[0][-1].legend(handles=handles, fontsize=8, loc="lower right")
+    fig.suptitle("Accuracy against time per case (large markers: step 0.5; small: larger steps)")
+    return save_figure(fig, path)
+
+
+def write_efficiency(rows: list[dict], markdown: str, output: Path) -> list[Path]:
     write_text(output / JSON_FILE, json.dumps(rows, indent=2))
     write_text(output / MARKDOWN_FILE, markdown)
+    figure = plot_accuracy_vs_time(rows, output / FIGURE_FILE)
+    return [output / JSON_FILE, output / MARKDOWN_FILE, *([figure] if figure else [])]

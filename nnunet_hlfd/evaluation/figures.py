@@ -19,9 +19,9 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
+from nnunet_hlfd.deploy.trained import case_files, load_predictor, preprocess
 from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.evaluate import Task, find_dataset_json, read_task
-from nnunet_hlfd.evaluation.trained import case_files, load_predictor, preprocess
 from nnunet_hlfd.image_files import incomplete
 from nnunet_hlfd.plots import STYLE, save_figure
 

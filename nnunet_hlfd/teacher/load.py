@@ -1,6 +1,5 @@
 """Read a teacher from its results folder and rebuild it with its own trainer's static builder."""
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +8,7 @@ import torch
 from torch import nn
 
 from nnunet_hlfd.errors import TeacherNotFoundError
+from nnunet_hlfd.files import file_sha256
 from nnunet_hlfd.runtime import TEACHER_ENV
 from nnunet_hlfd.teacher.locate import TeacherSpec
 
@@ -57,14 +57,6 @@ class Teacher:
         )
         network.load_state_dict(self.network_weights)
         return network.to(device)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _how_to_fix(spec: TeacherSpec) -> str:

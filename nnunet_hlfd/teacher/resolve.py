@@ -4,7 +4,8 @@
 2. requested: the environment (``nnUNet_hlfd_teacher``; for several, ``nnUNet_hlfd_teachers``), then the plans
    block or the trainer class (``teacher``; for several, ``teachers``);
 3. the default: nnU-Net's results layout (the teacher trainer's model of the same plans, configuration and fold),
-   or for several teachers the teacher folds that ``nnunet_hlfd split`` recorded.
+   for several teachers the teacher folds that ``nnunet_hlfd split`` recorded, and for a student of the fold
+   ensemble (``-f all``) every trained cross-validation fold of that teacher model.
 """
 
 from __future__ import annotations
@@ -82,6 +83,32 @@ def split_teachers(plans: dict, configuration: str, fold, options: dict) -> list
     return [replace(default_teacher(plans, configuration, f, options), source=source) for f in roles["teacher_folds"]]
 
 
+def fold_ensemble_teachers(plans: dict, configuration: str, fold, options: dict) -> list[TeacherSpec]:
+    """Every trained fold of the teacher model (nnU-Net's results layout): the ensemble ``nnUNetv2_predict -f 0 1 2
+    3 4`` predicts with, distilled into one student trained on every case (``-f all``)."""
+    if str(fold) != "all":
+        raise OptionError(
+            f"A student of the fold ensemble trains on every case: run it with fold 'all', not {fold} (the teacher "
+            f"folds have trained on fold {fold}'s validation cases, so its validation would be leaked)."
+        )
+    template = default_teacher(plans, configuration, fold, options)
+    folder = Path(template.model_folder)
+    checkpoint = options["teacher_checkpoint"]
+    folds = sorted(
+        (p.parent.name.removeprefix("fold_") for p in folder.glob(f"fold_*/{checkpoint}")),
+        key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0),
+    )
+    folds = [f for f in folds if f != "all"]  # the ensemble is of the cross-validation folds
+    if len(folds) < 2:
+        raise OptionError(
+            f"The fold ensemble needs at least two trained teacher folds in {folder} (found {folds or 'none'} with "
+            f"{checkpoint}): train them with nnUNetv2_train DATASET {configuration} FOLD -tr "
+            f"{options['teacher_trainer']}, or name the teachers with {TEACHERS_ENV}=PATH{os.pathsep}PATH..."
+        )
+    source = f"fold ensemble of {folder}"
+    return [replace(template, fold=f, source=source) for f in folds]
+
+
 def recorded_teachers(record_file: Path, requested: list[TeacherSpec] | None) -> list[TeacherSpec]:
     """The teacher(s) recorded when this student started. A requested teacher elsewhere is accepted when its
     checkpoint is the recorded one byte for byte (moved or remounted), refused otherwise."""
@@ -121,6 +148,7 @@ def resolve_teachers(
     from_plans: set[str],
     record_file: Path | None,
     many: bool = False,
+    fold_ensemble: bool = False,
 ) -> list[TeacherSpec]:
     """The teacher(s) of a student: recorded when resuming, else requested, else the default (module docstring).
 
@@ -134,8 +162,8 @@ def resolve_teachers(
         return requested
     if not nnUNet_results.is_set():
         raise OptionError("nnUNet_results is not set: the teacher cannot be located (and nnU-Net cannot train).")
-    return (
-        split_teachers(plans, configuration, fold, options)
-        if many
-        else [default_teacher(plans, configuration, fold, options)]
-    )
+    if fold_ensemble:
+        return fold_ensemble_teachers(plans, configuration, fold, options)
+    if many:
+        return split_teachers(plans, configuration, fold, options)
+    return [default_teacher(plans, configuration, fold, options)]

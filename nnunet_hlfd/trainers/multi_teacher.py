@@ -1,4 +1,5 @@
-"""Multi-teacher KD trainers: ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr nnUNetTrainerMultiTeacher``.
+"""Multi-teacher KD trainers: ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr nnUNetTrainerMultiTeacher``, and the
+fold ensemble distilled into one student: ``nnUNetv2_train DATASET CONFIGURATION all -tr nnUNetTrainerFoldEnsembleKD``.
 
 The teachers are, by default, the teacher folds that ``nnunet_hlfd split`` recorded in ``hlfd_splits.json``
 (each trained with stock ``nnUNetv2_train`` on its own small subset), and the student trains on the student
@@ -26,3 +27,14 @@ class nnUNetTrainerMultiTeacher_confidence(nnUNetTrainerMultiTeacher):
     """Multi-teacher KD with per-voxel confidence weighting of the teachers."""
 
     config = MultiTeacherConfig(combination="confidence")
+
+
+class nnUNetTrainerFoldEnsembleKD(nnUNetTrainerMultiTeacher):
+    """The 5-fold ensemble nnU-Net predicts with, distilled into one student trained on every case (fold 'all').
+
+    The teachers are every trained fold of the teacher model; their probabilities are averaged at temperature 1,
+    as ``nnUNetv2_predict -f 0 1 2 3 4`` averages them, so the KL target is the ensemble's own prediction. Leakage
+    does not arise: the student has no validation cases of its own."""
+
+    config = MultiTeacherConfig(combination="mean", temperature=1.0)
+    fold_ensemble = True

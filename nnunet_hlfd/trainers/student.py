@@ -56,6 +56,7 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
     training_fraction: float = 1.0  # train on this seeded share of the fold's training cases (the teacher: all)
     fraction_seed: int = 0
     many_teachers = False  # True: several teachers (multi-teacher KD), located and checked together
+    fold_ensemble = False  # True: by default, every trained fold of the teacher model (a student of fold 'all')
     extra_options: tuple[str, ...] = ()  # options of a subclass beyond STUDENT_OPTIONS (class attributes)
 
     def __init__(
@@ -108,7 +109,14 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
         output_folder = self._output_folder(plans, configuration, fold)
         record_file = output_folder / TEACHER_RECORD_FILE if output_folder else None
         return resolve_teachers(
-            plans, configuration, fold, self.hlfd_options, self._options_from_plans, record_file, self.many_teachers
+            plans,
+            configuration,
+            fold,
+            self.hlfd_options,
+            self._options_from_plans,
+            record_file,
+            self.many_teachers,
+            self.fold_ensemble,
         )
 
     def _teacher_configuration(

@@ -18,6 +18,7 @@ from conftest import (
     DATASET,
     DATASET_ID,
     TEACHER,
+    assert_bundle_predicts_like,
     assert_same_dice,
     model_folder,
     nnunet_metrics,
@@ -121,6 +122,9 @@ def test_hlfd_interrupted_resumed_predicted_without_teacher_and_evaluated(pipeli
     # predicting never needs the teacher: point the teacher variable at nothing
     env = dict(pipeline, nnUNet_hlfd_teacher=str(tmp_path / "no_teacher_here"))
     predict(env, trainer, tmp_path / "pred")
+    # the deploy bundle predicts the same (3D, labels): nnunet_hlfd export + predict on ONNX Runtime
+    images = Path(pipeline["nnUNet_raw"]) / DATASET / "imagesTs"
+    assert_bundle_predicts_like(fold.parent, images, tmp_path / "pred", tmp_path)
     # nor does validating the finished student again (nnUNetv2_train --val, in this process)
     (fold / "validation" / "summary.json").unlink()
     train_in_process(env, trainer, validation_only=True)

@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-from conftest import assert_same_dice, nnunet_metrics, nnunet_predict, nnunet_train, run, train_in_process
+from conftest import (
+    assert_bundle_predicts_like,
+    assert_same_dice,
+    nnunet_metrics,
+    nnunet_predict,
+    nnunet_train,
+    run,
+    train_in_process,
+)
 
 from nnunet_hlfd.cli import main
 from nnunet_hlfd.demo.pipeline import DEBUG_SCHEDULE, TEACHER, write_schedule
@@ -77,6 +85,8 @@ def test_regions_with_ignore_label_resenc_in_2d(tmp_path):
     nnunet_predict(env, DATASET_ID, "2d", "nnUNetTrainerHLFD", raw / "imagesTs", out, PLANS)
     prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case_005.nii.gz")))
     assert set(np.unique(prediction)) <= {0, 1, 2}  # regions painted back into labels, never the ignore label
+    # the deploy bundle predicts the same (2D, regions): nnunet_hlfd export + predict on ONNX Runtime
+    assert_bundle_predicts_like(folder, raw / "imagesTs", out, tmp_path)
 
     # evaluation of the regions: nnU-Net's evaluator and ours agree on Dice
     main(["evaluate", str(out), str(raw / "labelsTs"), "-np", "1"])

@@ -106,22 +106,32 @@ def test_evaluate_and_compare_the_demo_runs(demo, tmp_path):
 
 
 def test_efficiency_of_teacher_and_student(demo, tmp_path):
+    """Both backends side by side, with the Dice of each setting's segmentations and the accuracy-vs-time figure."""
     out, _ = demo
     found = models(out)
-    images = out / "nnUNet_raw" / "Dataset991_HLFDDemo" / "imagesTs"
+    raw = out / "nnUNet_raw" / "Dataset991_HLFDDemo"
     result = nnunet_hlfd(
-        "efficiency", f"teacher={found['teacher']}", f"student={found['student']}", "-i", images, "--cases", "2",
-        "--repeats", "2", "--device", "cpu", "-o", tmp_path,
+        "efficiency", f"teacher={found['teacher']}", f"student={found['student']}", "-i", raw / "imagesTs",
+        "-r", raw / "labelsTs", "--cases", "2", "--repeats", "1", "--backend", "pytorch", "onnx", "--device", "cpu",
+        "-o", tmp_path,
     )  # fmt: skip
-    rows = {r["model"]: r for r in json.loads((tmp_path / "efficiency.json").read_text())}
+    rows = {(r["model"], r["backend"]): r for r in json.loads((tmp_path / "efficiency.json").read_text())}
+    assert sorted(rows) == [("student", "onnx"), ("student", "pytorch"), ("teacher", "onnx"), ("teacher", "pytorch")]
     demo_rows = {r["model"]: r for r in json.loads((out / "demo_results.json").read_text())}
-    assert rows["teacher"]["parameters"] == demo_rows["teacher"]["parameters"]
-    assert rows["student"]["parameters"] == demo_rows["student alone"]["parameters"]
+    assert rows["teacher", "pytorch"]["parameters"] == demo_rows["teacher"]["parameters"]
+    assert rows["student", "onnx"]["parameters"] == demo_rows["student alone"]["parameters"]
     # features halved at every stage: a quarter of the convolution work
-    assert rows["student"]["macs_per_patch"] / rows["teacher"]["macs_per_patch"] == pytest.approx(0.25, abs=0.02)
-    for row in rows.values():
-        assert row["seconds_per_case"] > 0 and row["peak_memory_mib"] > 0 and len(row["case_shapes"]) == 2
-    assert "| teacher | cpu |" in result and "GMACs / patch" in result
+    ratio = rows["student", "pytorch"]["macs_per_patch"] / rows["teacher", "pytorch"]["macs_per_patch"]
+    assert ratio == pytest.approx(0.25, abs=0.02)
+    for (model, _), row in rows.items():
+        assert all(row["seconds"][phase] > 0 for phase in ("preprocessing", "network", "export"))
+        assert row["seconds_per_case"] == pytest.approx(sum(row["seconds"].values()))
+        assert row["peak_memory_mib"] > 0 and len(row["case_shapes"]) == 2
+        # the same segmentations from both backends (the parity of the bundle), scored by `evaluate`
+        assert row["dice"] == pytest.approx(rows[model, "pytorch"]["dice"], abs=1e-3)
+        assert set(row["dice"]) == {"organ", "tumour"}
+    assert "| teacher | cpu | onnx | off | 0.5 |" in result and "GMACs / patch" in result
+    non_blank_png(tmp_path / "efficiency.png")
 
 
 def test_visualize_contours_attention_and_training(demo, tmp_path, capsys):
@@ -243,3 +253,30 @@ def test_multi_teacher_student_of_limit_trained_teachers(demo, monkeypatch):
     raw = out / "nnUNet_raw" / "Dataset991_HLFDDemo"
     nnunet_predict(env, 991, "3d_fullres", student, raw / "imagesTs", predictions, fold=2)
     assert len(list(predictions.glob("*.nii.gz"))) == len(list((raw / "imagesTs").glob("*.nii.gz")))
+
+    # the fold ensemble distilled into one student on every case ('all'): the teacher folds 0 and 1 above are the
+    # ensemble; refused on a cross-validation fold, trained through the CLI on 'all', predicted, and timed against
+    # the ensemble it replaces
+    ensemble_student = "nnUNetTrainerFoldEnsembleKD"
+    with pytest.raises(OptionError, match="run it with fold 'all', not 2"):
+        TRAINERS[ensemble_student](plans, "3d_fullres", 2, dataset_json, torch.device("cpu"))
+    trained = train("all", ensemble_student)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    fold = results / f"{ensemble_student}__nnUNetPlans__3d_fullres" / "fold_all"
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert [t["fold"] for t in final["distillation"]["teachers"]] == ["0", "1"]
+    log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "fold ensemble of" in log and "2 teachers, " in log
+    nnunet_predict(env, 991, "3d_fullres", ensemble_student, raw / "imagesTs", out / "ensemble_student", fold="all")
+    assert len(list((out / "ensemble_student").glob("*.nii.gz"))) == len(list((raw / "imagesTs").glob("*.nii.gz")))
+    teacher_model = results / f"{teacher}__nnUNetPlans__3d_fullres"
+    # fmt: off
+    nnunet_hlfd("efficiency", f"ensemble={teacher_model}@0,1", f"one_student={fold.parent}@all", "-i", raw / "imagesTs",
+                "--repeats", "1", "--device", "cpu", "-o", out / "ensemble_efficiency")
+    # fmt: on
+    rows = {r["model"]: r for r in json.loads((out / "ensemble_efficiency" / "efficiency.json").read_text())}
+    assert rows["ensemble"]["folds"] == ["0", "1"] and rows["one_student"]["folds"] == ["all"]
+    # two networks of the teacher's width against one of half the width: a quarter of the work per patch, once
+    assert rows["one_student"]["macs_per_patch"] / rows["ensemble"]["macs_per_patch"] == pytest.approx(0.25, abs=0.02)
+    for row in rows.values():
+        assert all(row["seconds"][phase] > 0 for phase in ("preprocessing", "network", "export"))

@@ -87,7 +87,7 @@ def read_back(env: dict, trainer: str):
 def predict_one_case(model: Path, raw: Path) -> np.ndarray:
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    from nnunet_hlfd.evaluation.trained import load_predictor
+    from nnunet_hlfd.deploy.trained import load_predictor
 
     predictor = load_predictor(model, 0, "checkpoint_final.pth", torch.device("cpu"))
     image = sorted((raw / "imagesTs").glob("*_0000.nii.gz"))[0]

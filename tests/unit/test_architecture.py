@@ -22,7 +22,13 @@ def under(modules: set[str], *packages: str) -> list[str]:
         # nnU-Net imports every trainer module at each nnUNetv2_train lookup: nothing of evaluation or the commands
         (
             "nnunet_hlfd.trainers",
-            ("nnunet_hlfd.evaluation", "nnunet_hlfd.benchmark", "nnunet_hlfd.cli", "nnunet_hlfd.demo", "monai"),
+            ("nnunet_hlfd.evaluation", "nnunet_hlfd.benchmark", "nnunet_hlfd.cli", "nnunet_hlfd.demo", "monai")
+            + ("nnunet_hlfd.deploy", "onnx", "onnxruntime"),
+        ),
+        # deployment sits below evaluation (which times its bundles) and knows nothing of training or distillation
+        (
+            "nnunet_hlfd.deploy.onnx_predictor",
+            ("nnunet_hlfd.evaluation", "nnunet_hlfd.trainers", "nnunet_hlfd.methods", "nnunet_hlfd.teacher", "monai"),
         ),
         # the core: tested on plain tensors and U-Nets, without nnU-Net's training code, teachers or trainers
         (

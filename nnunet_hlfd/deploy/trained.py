@@ -23,8 +23,9 @@ def _find_our_trainers() -> None:
         os.environ["nnUNet_extTrainer"] = os.pathsep.join([*folders, EXT_TRAINER_DIR])
 
 
-def load_predictor(folder: Path, fold: int | str, checkpoint: str, device: torch.device):
-    """An ``nnUNetPredictor`` for one fold of a results folder (no mirroring, no progress bars)."""
+def load_predictor(folder: Path, fold: int | str | tuple, checkpoint: str, device: torch.device):
+    """An ``nnUNetPredictor`` for one fold (or a tuple of folds: their ensemble) of a results folder or deploy bundle
+    (no mirroring, no progress bars)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     folder = Path(folder)
@@ -33,10 +34,14 @@ def load_predictor(folder: Path, fold: int | str, checkpoint: str, device: torch
             f"{folder} is not an nnU-Net results folder (no plans.json/dataset.json): pass "
             "nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION"
         )
-    if not (folder / f"fold_{fold}" / checkpoint).is_file():
-        raise EvaluationError(f"{folder / f'fold_{fold}' / checkpoint} not found: is fold {fold} trained (-f, -chk)?")
+    folds = tuple(fold) if isinstance(fold, (tuple, list)) else (fold,)
+    for fold in folds:
+        if not (folder / f"fold_{fold}" / checkpoint).is_file():
+            raise EvaluationError(
+                f"{folder / f'fold_{fold}' / checkpoint} not found: is fold {fold} trained (-f, -chk)?"
+            )
     _find_our_trainers()
-    fold = int(fold) if str(fold).isdigit() else fold
+    folds = tuple(int(f) if str(f).isdigit() else f for f in folds)
     # nnU-Net narrates its trainer search folder by folder, and warns on every CPU predictor: keep it quiet
     with contextlib.redirect_stdout(io.StringIO()):
         predictor = nnUNetPredictor(
@@ -46,7 +51,7 @@ def load_predictor(folder: Path, fold: int | str, checkpoint: str, device: torch
             device=device,
             allow_tqdm=False,
         )
-        predictor.initialize_from_trained_model_folder(str(folder), use_folds=(fold,), checkpoint_name=checkpoint)
+        predictor.initialize_from_trained_model_folder(str(folder), use_folds=folds, checkpoint_name=checkpoint)
     return predictor
 
 
@@ -70,13 +75,21 @@ def preprocess(
 ) -> tuple[torch.Tensor, np.ndarray | None]:
     """A case preprocessed as this model's plans say: (C, *spatial) float tensor, and the label map if given.
     A file that is not whole is refused (nnU-Net's reader would fill its missing part with zeros)."""
+    data, seg, _ = preprocess_with_properties(predictor, image_files, seg_file)
+    return data, seg
+
+
+def preprocess_with_properties(
+    predictor, image_files: list[str], seg_file: str | None = None
+) -> tuple[torch.Tensor, np.ndarray | None, dict]:
+    """:func:`preprocess`, plus the properties nnU-Net's export needs to resample a prediction back."""
     files = [Path(f) for f in [*image_files, *([seg_file] if seg_file else [])]]
     broken = [f"{path} is {problem}" for path in files if (problem := incomplete(path))]
     if broken:
         raise EvaluationError("; ".join(broken) + ": restore or recreate the file(s)")
     configuration = predictor.configuration_manager
     preprocessor = configuration.preprocessor_class(verbose=False)
-    data, seg, _ = preprocessor.run_case(
+    data, seg, properties = preprocessor.run_case(
         image_files, seg_file, predictor.plans_manager, configuration, predictor.dataset_json
     )
-    return torch.from_numpy(np.ascontiguousarray(data)).float(), (seg[0] if seg_file else None)
+    return torch.from_numpy(np.ascontiguousarray(data)).float(), (seg[0] if seg_file else None), properties

@@ -1,0 +1,302 @@
+"""A deploy bundle: what a trained nnU-Net model needs for prediction, and nothing else.
+
+::
+
+    BUNDLE/
+      bundle.json                  manifest: source, trainer, configuration, folds, checks, file hashes
+      plans.json  dataset.json     as in the results folder (nnU-Net's preprocessing and export read them)
+      fold_X/network.onnx          the network without deep-supervision heads; dynamic batch, the plans' patch size
+      fold_X/checkpoint_final.pth  weights only (no optimizer, no distillation adapters, no logs)
+
+The folder is also an nnU-Net model folder: ``nnUNetv2_predict_from_modelfolder -m BUNDLE -f X`` loads it. When the
+trainer builds nnU-Net's network from the plans (every trainer of this package, and nnU-Net's own), the checkpoint
+names ``nnUNetTrainer``, so that prediction from the bundle needs neither this package nor ``nnUNet_extTrainer``.
+
+Each fold's ONNX network is run once on a random batch of two patches at export and compared with PyTorch; an
+export that differs beyond :data:`EXPORT_TOLERANCE` is refused, so a bundle that exists is one that was checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnunet_hlfd.errors import DeployError
+from nnunet_hlfd.files import file_sha256
+
+MANIFEST = "bundle.json"
+ONNX_FILE = "network.onnx"
+CHECKPOINT = "checkpoint_final.pth"
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+OPSET = 18
+# |onnx - torch| <= atol + rtol * |torch| on every logit of the check batch (float32 kernels differ by ~1e-5)
+EXPORT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
+STOCK_TRAINER = "nnUNetTrainer"
+
+
+def fold_name(fold: int | str) -> str:
+    return f"fold_{fold}"
+
+
+def parse_folds(folds: list[str] | tuple) -> list[int | str]:
+    parsed = []
+    for fold in folds:
+        if str(fold) == "all":
+            parsed.append("all")
+        elif str(fold).isdigit():
+            parsed.append(int(fold))
+        else:
+            raise DeployError(f"fold {fold!r}: a fold is a number (0, 1, ...) or 'all'")
+    if len(set(parsed)) != len(parsed):
+        raise DeployError(f"folds {list(folds)}: a fold is given twice")
+    return parsed
+
+
+def finished_checkpoints(folder: Path, folds: list[int | str], checkpoint: str = CHECKPOINT) -> dict:
+    """fold -> its checkpoint file, after checking that ``folder`` is a finished nnU-Net model for these folds."""
+    folder = Path(folder)
+    missing = [name for name in ("plans.json", "dataset.json") if not (folder / name).is_file()]
+    if missing:
+        raise DeployError(
+            f"{folder} is not an nnU-Net results folder (no {' or '.join(missing)}): pass the model folder "
+            "nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION"
+        )
+    files = {}
+    for fold in folds:
+        path = folder / fold_name(fold) / checkpoint
+        if not path.is_file():
+            present = sorted(p.name for p in (folder / fold_name(fold)).glob("checkpoint_*.pth"))
+            if not present:
+                raise DeployError(
+                    f"{path.parent} has no checkpoint: fold {fold} was not trained (train it, or pick -f)"
+                )
+            raise DeployError(
+                f"{path} not found: fold {fold} has not finished training (it has {', '.join(present)}). Finish it "
+                f"with nnUNetv2_train ... {fold} --c, or export another checkpoint with -chk {present[-1]}"
+            )
+        files[fold] = path
+    return files
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file: say which one
+        raise DeployError(f"{path} cannot be read as a PyTorch checkpoint ({error}): restore it or retrain") from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint or "trainer_name" not in checkpoint:
+        raise DeployError(f"{path} is not an nnU-Net checkpoint (no network_weights/trainer_name)")
+    return checkpoint
+
+
+def _weights_only(checkpoint: dict, trainer_name: str) -> dict:
+    """What ``nnUNetPredictor.initialize_from_trained_model_folder`` reads, and nothing else."""
+    return {
+        "network_weights": checkpoint["network_weights"],
+        "init_args": {
+            "configuration": checkpoint["init_args"]["configuration"],
+            "fold": checkpoint["init_args"]["fold"],
+        },
+        "trainer_name": trainer_name,
+        "inference_allowed_mirroring_axes": checkpoint.get("inference_allowed_mirroring_axes"),
+        "current_epoch": checkpoint.get("current_epoch"),
+    }
+
+
+def _builds_stock_network(trainer_name: str) -> bool:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
+        trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+    return trainer_class.build_network_architecture is nnUNetTrainer.build_network_architecture
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def export_onnx(network: torch.nn.Module, input_shape: tuple[int, ...], path: Path) -> str:
+    """The network (deep supervision off, eval mode) as ONNX with a dynamic batch axis; returns the exporter used.
+
+    PyTorch's ``torch.export``-based exporter when onnxscript is installed, else its TorchScript-based one (the GPU
+    check's machine has no onnxscript); both give the same graph for nnU-Net's U-Nets."""
+    network.eval()
+    example = torch.randn((2, *input_shape[1:]))  # batch 2: a batch of 1 could be specialised as a constant
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes, once per export
+        try:
+            import onnxscript  # noqa: F401
+
+            dynamo = True
+        except ImportError:
+            dynamo = False
+        if dynamo:
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            torch.onnx.export(
+                network, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                opset_version=OPSET, dynamo=True, dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+            )  # fmt: skip
+        else:
+            torch.onnx.export(
+                network, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                opset_version=OPSET, dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )  # fmt: skip
+    return "torch.export" if dynamo else "torchscript"
+
+
+def check_onnx(network: torch.nn.Module, path: Path, input_shape: tuple[int, ...]) -> float:
+    """Largest |ONNX Runtime − PyTorch| over the logits of a random batch of two patches; refused beyond tolerance."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn((2, *input_shape[1:]), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = network(x).numpy()
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    if got.shape != expected.shape:
+        raise DeployError(f"the ONNX network of {path.parent.name} returns {got.shape}, PyTorch {expected.shape}")
+    difference = np.abs(got - expected)
+    if not np.all(difference <= EXPORT_TOLERANCE["atol"] + EXPORT_TOLERANCE["rtol"] * np.abs(expected)):
+        raise DeployError(
+            f"the ONNX network of {path.parent.name} differs from PyTorch by up to {difference.max():.3g} on random "
+            f"input (allowed {EXPORT_TOLERANCE}): the export is wrong for this network; nothing was written"
+        )
+    return float(difference.max())
+
+
+def export_bundle(
+    folder: Path,
+    folds: list[int | str],
+    output: Path,
+    checkpoint: str = CHECKPOINT,
+    overwrite: bool = False,
+    log=print,
+) -> dict:
+    """Writes the bundle of ``folds`` of the results ``folder`` to ``output`` (whole or not at all); returns its
+    manifest."""
+    from nnunet_hlfd.deploy.trained import load_predictor
+
+    folder, output = Path(folder), Path(output)
+    if not folds:
+        raise DeployError("no fold given: pass -f 0 (or several, e.g. -f 0 1 2 3 4, for an ensemble)")
+    files = finished_checkpoints(folder, folds, checkpoint)
+    if output.exists() and not overwrite:
+        raise DeployError(f"{output} exists: choose another -o, or pass --overwrite to replace it")
+    if output.resolve() == folder.resolve() or folder.resolve() in output.resolve().parents:
+        raise DeployError(f"-o {output} lies inside the results folder {folder}: write the bundle elsewhere")
+    predictor = load_predictor(folder, folds[0], checkpoint, torch.device("cpu"))
+    previous_stage = predictor.configuration_manager.previous_stage_name
+    if previous_stage is not None:
+        raise DeployError(
+            f"{folder} is a cascade stage (it needs the predictions of {previous_stage}): predict with nnU-Net's "
+            "commands; a bundle holds a single-stage model"
+        )
+    network = predictor.network
+    patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
+    channels = len(predictor.dataset_json["channel_names"])
+    input_shape = (1, channels, *patch)
+    trainer = predictor.trainer_name
+    stock = _builds_stock_network(trainer)
+
+    partial = output.with_name(f".partial.{output.name}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        shutil.copy2(folder / "plans.json", partial / "plans.json")
+        shutil.copy2(folder / "dataset.json", partial / "dataset.json")
+        fold_records = {}
+        exporter = None
+        for fold, path in files.items():
+            log(f"fold {fold}: exporting {path}")
+            full = _load_checkpoint(path)
+            network.load_state_dict(full["network_weights"])
+            fold_folder = partial / fold_name(fold)
+            fold_folder.mkdir()
+            torch.save(_weights_only(full, STOCK_TRAINER if stock else trainer), fold_folder / CHECKPOINT)
+            exporter = export_onnx(network, input_shape, fold_folder / ONNX_FILE)
+            difference = check_onnx(network, fold_folder / ONNX_FILE, input_shape)
+            log(f"fold {fold}: ONNX Runtime vs PyTorch on a random batch: max |difference| {difference:.2g}")
+            fold_records[str(fold)] = {
+                "source_checkpoint": str(path.resolve()),
+                "epochs": full.get("current_epoch"),
+                "onnx_sha256": file_sha256(fold_folder / ONNX_FILE),
+                "checkpoint_sha256": file_sha256(fold_folder / CHECKPOINT),
+                "onnx_vs_pytorch_max_abs": difference,
+            }
+        import onnx
+        import onnxruntime
+
+        from nnunet_hlfd.adapters import count_parameters
+
+        manifest = {
+            "format": 1,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": str(folder.resolve()),
+            "trainer": trainer,
+            "checkpoint_trainer": STOCK_TRAINER if stock else trainer,
+            "configuration": full["init_args"]["configuration"],
+            "folds": [str(f) for f in files],
+            "input_shape": ["batch", channels, *patch],
+            "output_channels": predictor.label_manager.num_segmentation_heads,
+            "inference_allowed_mirroring_axes": predictor.allowed_mirroring_axes,
+            "parameters": count_parameters(network),
+            "opset": OPSET,
+            "exporter": exporter,
+            "export_tolerance": EXPORT_TOLERANCE,
+            "fold_records": fold_records,
+            "versions": {
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "nnunetv2": _version("nnunetv2"),
+            },
+            "results_folder_bytes": sum(folder_bytes(folder / fold_name(f)) for f in files),
+        }
+        manifest["bundle_bytes"] = folder_bytes(partial)
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if output.exists():
+            shutil.rmtree(output)
+        partial.rename(output)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return manifest
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def read_bundle(bundle: Path, folds: list[int | str] | None = None) -> dict:
+    """The manifest of a bundle, after checking that the files of ``folds`` (default: all) are the exported ones."""
+    bundle = Path(bundle)
+    if not (bundle / MANIFEST).is_file():
+        hint = (
+            " (it is a results folder: export it first with nnunet_hlfd export)"
+            if (bundle / "plans.json").is_file()
+            else ""
+        )
+        raise DeployError(f"{bundle} is not a deploy bundle: no {MANIFEST}{hint}")
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    chosen = [str(f) for f in folds] if folds else manifest["folds"]
+    unknown = sorted(set(chosen) - set(manifest["folds"]))
+    if unknown:
+        raise DeployError(f"{bundle} holds folds {manifest['folds']}, not {unknown}: pick -f among them")
+    for fold in chosen:
+        path = bundle / fold_name(fold) / ONNX_FILE
+        if not path.is_file() or file_sha256(path) != manifest["fold_records"][fold]["onnx_sha256"]:
+            raise DeployError(
+                f"{path} is missing or not the exported file (its sha256 differs): export the bundle again"
+            )
+    manifest["chosen_folds"] = chosen
+    return manifest
