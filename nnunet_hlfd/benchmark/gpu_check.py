@@ -1,6 +1,7 @@
 """The prepared GPU check: one command that records, on one GPU within about 8 minutes,
 
-1. the step-overhead benchmark with nnU-Net's default-sized 2D and 3D plans under AMP;
+1. the step-overhead benchmark with nnU-Net's default-sized 2D and 3D plans under AMP (timing; the peak memory per
+   mode would take a process each);
 2. a short HLFD training on ``3d_fullres`` through ``nnUNetv2_train -device``: a teacher, an HLFD student stopped
    after epoch 1, resumed with ``--c`` to epoch 2, then ``nnUNetv2_predict -device``;
 3. ``nnUNet_compile=t`` with a hooked student (HLFD at width 0.25, its feature taps registered before the compiled
@@ -43,7 +44,9 @@ class Check:
         self.device, self.quick, self.out = device, quick, out
         self.work = out / "work"
         self.env = nnunet_environment(self.work)
-        self.env.update(nnUNet_n_proc_DA="0" if device == "cpu" else "8", nnUNet_compile="f")
+        self.env.update(nnUNet_compile="f")  # each step that compiles says so
+        # data augmentation workers: none on a CPU (the check's own processes share its cores); planning needs >= 1
+        self.training_env = {"nnUNet_n_proc_DA": "0" if device == "cpu" else "8"}
         self.steps: list[dict] = []
 
     def run(self, name: str, args: list[str], extra_env: dict | None = None, expect: int = 0) -> int:
@@ -61,12 +64,15 @@ class Check:
     def train(self, name: str, trainer: str, *extra: str, plans: str = "nnUNetPlans", **kwargs) -> int:
         args = ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "0", "-tr", trainer, "-p", plans,
                 "-device", self.device, *extra]  # fmt: skip
-        return self.run(name, args, **kwargs)
+        return self.run(name, args, {**self.training_env, **kwargs.pop("extra_env", {})}, **kwargs)
 
     # ---- the steps -------------------------------------------------------------------------------------------
     def step_overhead(self) -> None:
         args = [sys.executable, "-m", "nnunet_hlfd.benchmark.step_overhead", "--device", self.device]
-        args += ["--iterations", "2", "--warmup", "1"] if self.quick else ["--iterations", "10", "--warmup", "3"]
+        # timing only: the peak memory of each mode is one more process each (20 starts, minutes of the 8); the
+        # efficiency step reports the peak memory of inference
+        args += ["--iterations", "1", "--warmup", "1"] if self.quick else ["--iterations", "10", "--warmup", "3"]
+        args.append("--no-memory")
         self.run("step_overhead", args)
 
     def dataset(self) -> None:
@@ -90,7 +96,7 @@ class Check:
         # the w0.25 student: the same plans with the width option (same preprocessed data, schedule, split)
         narrow = json.loads(json.dumps(plans))
         narrow["plans_name"] = WIDTH_025_PLANS
-        narrow["configurations"][CONFIGURATION]["hlfd"]["width"] = 0.25
+        narrow["configurations"][CONFIGURATION]["hlfd"].update(width=0.25, teacher_plans="nnUNetPlans")
         (plans_file.parent / f"{WIDTH_025_PLANS}.json").write_text(json.dumps(narrow, indent=2))
 
     def training(self) -> None:

@@ -208,6 +208,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None, help="timed iterations (default: 20 CPU, 50 GPU)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--plans", nargs="+", default=["2d", "3d"], choices=["2d", "3d"])
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the per-mode peak memory (one process per mode): timing only"
+    )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     iterations = args.iterations or (20 if args.device == "cpu" else 50)
@@ -223,7 +226,7 @@ def main() -> None:
     for plan in args.plans:
         print(f"{plan}: timing the {len(MODES)} modes interleaved ...", file=sys.stderr, flush=True)
         timing[plan] = _subprocess(args, iterations, plan, "timing")
-        for mode in MODES:
+        for mode in [] if args.no_memory else MODES:
             print(f"{plan}: peak memory of {mode} ...", file=sys.stderr, flush=True)
             memory_mb[plan, mode] = _subprocess(args, iterations, plan, mode)
 
@@ -247,7 +250,9 @@ def main() -> None:
         a, b = t["student_step"], t["teacher_forward"]
         for mode in DISTILLATION_STEPS:
             c = t[mode]
-            mem = " / ".join(f"{memory_mb[plan, m]:.0f}" for m in ("student_step", "teacher_forward", mode))
+            mem = " / ".join(
+                f"{memory_mb[plan, m]:.0f}" if memory_mb else "–" for m in ("student_step", "teacher_forward", mode)
+            )
             print(
                 f"| {plan}, {mode} | {'×'.join(map(str, t['patch']))} × {t['batch']} | {t['stages']} | {a:.3f} | "
                 f"{b:.3f} | {c:.3f} | {(c - a - b) / a:+.1%} | {mem} |"
@@ -258,8 +263,10 @@ def main() -> None:
     for plan in args.plans:
         t, first, last = timing[plan], "multi_teacher_1", f"multi_teacher_{MAX_TEACHERS}"
         per_teacher = (t[last] - t[first]) / (MAX_TEACHERS - 1)
-        memory_per_teacher = (memory_mb[plan, last] - memory_mb[plan, first]) / (MAX_TEACHERS - 1)
-        print(f"| {plan} | {per_teacher:.3f} | {per_teacher / t['student_step']:.2f} | {memory_per_teacher:.0f} |")
+        memory_per_teacher = (
+            f"{(memory_mb[plan, last] - memory_mb[plan, first]) / (MAX_TEACHERS - 1):.0f}" if memory_mb else "–"
+        )
+        print(f"| {plan} | {per_teacher:.3f} | {per_teacher / t['student_step']:.2f} | {memory_per_teacher} |")
 
 
 if __name__ == "__main__":

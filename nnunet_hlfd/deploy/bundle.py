@@ -173,6 +173,36 @@ def check_onnx(network: torch.nn.Module, path: Path, input_shape: tuple[int, ...
     return float(difference.max())
 
 
+def _refuse_before_writing(folder: Path, folds: list, output: Path, checkpoint: str, overwrite: bool) -> dict:
+    """fold -> checkpoint, after every check that needs no network."""
+    if not folds:
+        raise DeployError("no fold given: pass -f 0 (or several, e.g. -f 0 1 2 3 4, for an ensemble)")
+    files = finished_checkpoints(folder, folds, checkpoint)
+    if output.exists() and not overwrite:
+        raise DeployError(f"{output} exists: choose another -o, or pass --overwrite to replace it")
+    if output.resolve() == folder.resolve() or folder.resolve() in output.resolve().parents:
+        raise DeployError(f"-o {output} lies inside the results folder {folder}: write the bundle elsewhere")
+    return files
+
+
+def _export_fold(network: torch.nn.Module, path: Path, fold_folder: Path, input_shape: tuple, trainer: str) -> dict:
+    """One fold's weights-only checkpoint and checked ONNX network; returns its record for the manifest."""
+    full = _load_checkpoint(path)
+    network.load_state_dict(full["network_weights"])
+    fold_folder.mkdir()
+    torch.save(_weights_only(full, trainer), fold_folder / CHECKPOINT)
+    exporter = export_onnx(network, input_shape, fold_folder / ONNX_FILE)
+    return {
+        "source_checkpoint": str(path.resolve()),
+        "configuration": full["init_args"]["configuration"],
+        "epochs": full.get("current_epoch"),
+        "exporter": exporter,
+        "onnx_vs_pytorch_max_abs": check_onnx(network, fold_folder / ONNX_FILE, input_shape),
+        "onnx_sha256": file_sha256(fold_folder / ONNX_FILE),
+        "checkpoint_sha256": file_sha256(fold_folder / CHECKPOINT),
+    }
+
+
 def export_bundle(
     folder: Path,
     folds: list[int | str],
@@ -183,16 +213,14 @@ def export_bundle(
 ) -> dict:
     """Writes the bundle of ``folds`` of the results ``folder`` to ``output`` (whole or not at all); returns its
     manifest."""
+    import onnx
+    import onnxruntime
+
+    from nnunet_hlfd.adapters import count_parameters
     from nnunet_hlfd.deploy.trained import load_predictor
 
     folder, output = Path(folder), Path(output)
-    if not folds:
-        raise DeployError("no fold given: pass -f 0 (or several, e.g. -f 0 1 2 3 4, for an ensemble)")
-    files = finished_checkpoints(folder, folds, checkpoint)
-    if output.exists() and not overwrite:
-        raise DeployError(f"{output} exists: choose another -o, or pass --overwrite to replace it")
-    if output.resolve() == folder.resolve() or folder.resolve() in output.resolve().parents:
-        raise DeployError(f"-o {output} lies inside the results folder {folder}: write the bundle elsewhere")
+    files = _refuse_before_writing(folder, folds, output, checkpoint, overwrite)
     predictor = load_predictor(folder, folds[0], checkpoint, torch.device("cpu"))
     previous_stage = predictor.configuration_manager.previous_stage_name
     if previous_stage is not None:
@@ -200,12 +228,10 @@ def export_bundle(
             f"{folder} is a cascade stage (it needs the predictions of {previous_stage}): predict with nnU-Net's "
             "commands; a bundle holds a single-stage model"
         )
-    network = predictor.network
-    patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
+    patch = [int(p) for p in predictor.configuration_manager.patch_size]
     channels = len(predictor.dataset_json["channel_names"])
-    input_shape = (1, channels, *patch)
     trainer = predictor.trainer_name
-    stock = _builds_stock_network(trainer)
+    checkpoint_trainer = STOCK_TRAINER if _builds_stock_network(trainer) else trainer
 
     partial = output.with_name(f".partial.{output.name}")
     shutil.rmtree(partial, ignore_errors=True)
@@ -213,46 +239,29 @@ def export_bundle(
     try:
         shutil.copy2(folder / "plans.json", partial / "plans.json")
         shutil.copy2(folder / "dataset.json", partial / "dataset.json")
-        fold_records = {}
-        exporter = None
+        records = {}
         for fold, path in files.items():
             log(f"fold {fold}: exporting {path}")
-            full = _load_checkpoint(path)
-            network.load_state_dict(full["network_weights"])
-            fold_folder = partial / fold_name(fold)
-            fold_folder.mkdir()
-            torch.save(_weights_only(full, STOCK_TRAINER if stock else trainer), fold_folder / CHECKPOINT)
-            exporter = export_onnx(network, input_shape, fold_folder / ONNX_FILE)
-            difference = check_onnx(network, fold_folder / ONNX_FILE, input_shape)
-            log(f"fold {fold}: ONNX Runtime vs PyTorch on a random batch: max |difference| {difference:.2g}")
-            fold_records[str(fold)] = {
-                "source_checkpoint": str(path.resolve()),
-                "epochs": full.get("current_epoch"),
-                "onnx_sha256": file_sha256(fold_folder / ONNX_FILE),
-                "checkpoint_sha256": file_sha256(fold_folder / CHECKPOINT),
-                "onnx_vs_pytorch_max_abs": difference,
-            }
-        import onnx
-        import onnxruntime
-
-        from nnunet_hlfd.adapters import count_parameters
-
+            records[str(fold)] = record = _export_fold(
+                predictor.network, path, partial / fold_name(fold), (1, channels, *patch), checkpoint_trainer
+            )
+            log(f"fold {fold}: ONNX Runtime vs PyTorch on a random batch: max |difference| "
+                f"{record['onnx_vs_pytorch_max_abs']:.2g}")  # fmt: skip
         manifest = {
             "format": 1,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": str(folder.resolve()),
             "trainer": trainer,
-            "checkpoint_trainer": STOCK_TRAINER if stock else trainer,
-            "configuration": full["init_args"]["configuration"],
-            "folds": [str(f) for f in files],
+            "checkpoint_trainer": checkpoint_trainer,
+            "configuration": records[str(folds[0])]["configuration"],
+            "folds": list(records),
             "input_shape": ["batch", channels, *patch],
             "output_channels": predictor.label_manager.num_segmentation_heads,
             "inference_allowed_mirroring_axes": predictor.allowed_mirroring_axes,
-            "parameters": count_parameters(network),
+            "parameters": count_parameters(predictor.network),
             "opset": OPSET,
-            "exporter": exporter,
             "export_tolerance": EXPORT_TOLERANCE,
-            "fold_records": fold_records,
+            "fold_records": records,
             "versions": {
                 "torch": torch.__version__,
                 "onnx": onnx.__version__,
@@ -260,8 +269,8 @@ def export_bundle(
                 "nnunetv2": _version("nnunetv2"),
             },
             "results_folder_bytes": sum(folder_bytes(folder / fold_name(f)) for f in files),
+            "bundle_bytes": folder_bytes(partial),
         }
-        manifest["bundle_bytes"] = folder_bytes(partial)
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if output.exists():
             shutil.rmtree(output)

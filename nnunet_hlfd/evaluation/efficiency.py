@@ -260,6 +260,17 @@ def _predictions_folder(output: Path, device: str, model: str, setting: Setting)
     return output / "predictions" / device / model / tag
 
 
+def _preprocess(model: _Loaded, files: list[str] | None) -> tuple[torch.Tensor, dict | None, float]:
+    """The case as this model's plans preprocess it (the same for both backends and every setting), its
+    properties for the export, and the seconds it took."""
+    predictor = model.predictors["pytorch"]
+    start = time.perf_counter()
+    if files is None:
+        return _random_case(predictor), None, time.perf_counter() - start
+    data, _, properties = preprocess_with_properties(predictor, files)
+    return data, properties, time.perf_counter() - start
+
+
 def _measure_device(loaded, settings, device, images, references, output, num_cases, repeats, progress) -> list[dict]:
     cases = _case_list(loaded[0].predictors["pytorch"], images, num_cases)
     total = repeats * len(cases) * len(loaded) * (len(settings) + 1)
@@ -267,34 +278,27 @@ def _measure_device(loaded, settings, device, images, references, output, num_ca
     with tqdm(total=total, desc=f"efficiency ({device.type})", unit="run", disable=not progress) as bar:
         # one untimed turn on the first case first (allocator, ONNX Runtime's first-run set-up, cuDNN autotuning)
         for repeat in range(-1, repeats):
-            for case, files in list(cases.items())[:1] if repeat < 0 else cases.items():
+            timed = repeat >= 0
+            for case, files in list(cases.items())[:1] if not timed else cases.items():
                 prepared = {}
-                for model in loaded:  # preprocessing depends on the plans only, not on backend or setting
-                    predictor = model.predictors["pytorch"]
-                    start = time.perf_counter()
-                    if files is None:
-                        data, properties = _random_case(predictor), None
-                    else:
-                        data, _, properties = preprocess_with_properties(predictor, files)
-                    seconds = time.perf_counter() - start
-                    prepared[model.spec.name] = (data, properties)
-                    if repeat >= 0:
+                for model in loaded:
+                    data, properties, seconds = prepared[model.spec.name] = _preprocess(model, files)
+                    if timed:
                         model.times.setdefault(("*", "preprocessing", case), []).append(seconds)
                         bar.update()
                     if repeat == 0:
                         shapes[model.spec.name].append((case, list(data.shape[1:])))
-                for setting in settings:
+                for setting in settings:  # models and settings in turns: drifting load hits all alike
                     for model in loaded:
                         predictor = model.predictors[setting.backend]
                         _configure(predictor, setting)
-                        data, properties = prepared[model.spec.name]
+                        data, properties, _ = prepared[model.spec.name]
                         logits, measured = _network(predictor, data, device)
-                        if properties is not None:
-                            folder = _predictions_folder(output, device.type, model.spec.name, setting)
-                            exported = _export(predictor, logits, properties, folder / case)
-                        else:
-                            exported = None
-                        if repeat >= 0:
+                        folder = _predictions_folder(output, device.type, model.spec.name, setting)
+                        exported = (
+                            _export(predictor, logits, properties, folder / case) if properties is not None else None
+                        )
+                        if timed:
                             model.times.setdefault((setting, "network", case), []).append(measured["seconds"])
                             if exported is not None:
                                 model.times.setdefault((setting, "export", case), []).append(exported)
@@ -421,6 +425,7 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     from nnunet_hlfd.plots import save_figure
 
@@ -442,17 +447,26 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path | None:
         ax.set_title(f"Dice {name}")
         ax.set_xlabel(f"seconds per case ({rows[0]['device']})")
         ax.set_xscale("log")
+        seconds = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "1235" else "")  # 1, 2, 3, 5, 10, 20, ...
+        ax.xaxis.set_major_formatter(seconds)
+        ax.xaxis.set_minor_formatter(seconds)
         ax.grid(alpha=0.3)
     handles = [
         plt.Line2D([], [], color=colours(i % 10), marker="o", linestyle="", label=m) for i, m in enumerate(models)
     ]
-    handles += [
-        plt.Line2D([], [], color="grey", marker=marker, linestyle="", label=f"{b}, TTA {'on' if t else 'off'}")
-        for (b, t), marker in markers.items()
-        if any(r["backend"] == b and r["tta"] == t for r in rows)
-    ]
+    shown = [key for key in markers if any((r["backend"], r["tta"]) == key for r in rows)]
+    if len(shown) > 1:  # markers tell backend and TTA apart only when they vary
+        handles += [
+            plt.Line2D([], [], color="black", marker=markers[key], linestyle="",
+                       label=f"{key[0]}, TTA {'on' if key[1] else 'off'}")
+            for key in shown
+        ]  # fmt: skip
     axes[0][-1].legend(handles=handles, fontsize=8, loc="lower right")
-    fig.suptitle("Accuracy against time per case (large markers: step 0.5; small: larger steps)")
+    steps = sorted({r["step_size"] for r in rows})
+    fig.suptitle(
+        "Dice against time per case"
+        + (" (large markers: step 0.5; small: larger steps)" if len(steps) > 1 else f" (step {steps[0]:g})")
+    )
     return save_figure(fig, path)
 
 

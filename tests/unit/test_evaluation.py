@@ -499,3 +499,29 @@ def test_compare_refuses_runs_it_cannot_pair(tmp_path):
         compare_runs([a], "baseline")
     with pytest.raises(EvaluationError, match="run `nnunet_hlfd evaluate`"):
         load_run("x", [tmp_path / "nothing"])
+
+
+def test_efficiency_models_and_settings_are_parsed_and_refused_with_the_fix(tmp_path):
+    from pathlib import Path
+
+    from nnunet_hlfd.cli.evaluation import named_paths
+    from nnunet_hlfd.evaluation.efficiency import ModelSpec, Setting, measure_efficiency, model_specs, settings_grid
+
+    named = named_paths(["ens=/r/T__P__3d_fullres@0,1,2", "one=/r/S__P__3d_fullres@all", "/r/B"])
+    assert model_specs(named, "0") == [
+        ModelSpec("ens", Path("/r/T__P__3d_fullres"), ("0", "1", "2")),
+        ModelSpec("one", Path("/r/S__P__3d_fullres"), ("all",)),
+        ModelSpec("B", Path("/r/B"), ("0",)),
+    ]
+    grid = settings_grid(["pytorch", "onnx"], [False, True], [0.5, 0.75])
+    assert len(grid) == 8 and grid[0] == Setting("pytorch", False, 0.5) and grid[-1] == Setting("onnx", True, 0.75)
+    assert grid[-1].label == "onnx, TTA on, step 0.75"
+    with pytest.raises(EvaluationError, match="backend"):
+        settings_grid(["tensorrt"], [False], [0.5])
+    with pytest.raises(EvaluationError, match=r"step size\(s\) \[1.5\]"):
+        settings_grid(["pytorch"], [False], [1.5])
+    spec = ModelSpec("a", tmp_path)
+    with pytest.raises(EvaluationError, match="need the images"):
+        measure_efficiency([spec], ["cpu"], references=tmp_path)
+    with pytest.raises(EvaluationError, match="unique"):
+        measure_efficiency([spec, spec], ["cpu"])
