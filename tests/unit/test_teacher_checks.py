@@ -368,3 +368,25 @@ def test_a_planned_schedule_is_followed_checked_and_required_by_the_teacher_trai
             make_student(nnUNetTrainerStudent, plans=plans)
     with pytest.raises(OptionError, match='has no "hlfd_schedule" block: nnUNetTrainerHLFDTeacher follows'):
         nnUNetTrainerHLFDTeacher(tiny_plans(), "3d_fullres", 0, copy.deepcopy(TINY_DATASET_JSON), torch.device("cpu"))
+
+
+def test_fold_ensemble_student_learns_from_every_trained_fold_on_all(env, monkeypatch):
+    """nnUNetTrainerFoldEnsembleKD: the teachers are the teacher model's trained cross-validation folds (not 'all',
+    not an unfinished fold); at least two, and the student on 'all' only."""
+    from nnunet_hlfd.trainers import nnUNetTrainerFoldEnsembleKD
+
+    monkeypatch.delenv("nnUNet_hlfd_teachers", raising=False)
+    write_teacher(env, tiny_plans(), TINY_DATASET_JSON)
+    refuse(env, OptionError, r"at least two trained teacher folds.*found \['0'\]", trainer=nnUNetTrainerFoldEnsembleKD,
+           fold="all")  # fmt: skip
+    for fold in ("1", "3", "all"):
+        write_teacher(env, tiny_plans(), TINY_DATASET_JSON, fold=fold, init_fold=fold, folder=f"{TEACHER_DIR}_{fold}")
+        shutil.copytree(
+            env / DATASET / f"{TEACHER_DIR}_{fold}" / f"fold_{fold}", env / DATASET / TEACHER_DIR / f"fold_{fold}"
+        )
+    (env / DATASET / TEACHER_DIR / "fold_2").mkdir()  # started, not finished: no checkpoint_final.pth
+    trainer = make_student(nnUNetTrainerFoldEnsembleKD, fold="all")
+    assert [spec.fold for spec in trainer.teacher_specs] == ["0", "1", "3"]
+    assert all(spec.source.startswith("fold ensemble of") for spec in trainer.teacher_specs)
+    assert trainer.distiller.method.config.combination == "mean" and trainer.distiller.method.config.temperature == 1
+    refuse(env, OptionError, "run it with fold 'all', not 0", trainer=nnUNetTrainerFoldEnsembleKD, fold=0)
