@@ -123,8 +123,9 @@ def _load(spec: ModelSpec, backends: list[str], device: torch.device, checkpoint
             export_bundle(spec.folder, parse_folds(list(folds)), bundle, checkpoint, log=lambda _: None)
         predictors["onnx"] = load_bundle_predictor(bundle, list(folds), device=device, allow_tqdm=False)
     for predictor in predictors.values():
-        # a model trained without test-time mirroring has no axes of its own: TTA on mirrors every spatial axis,
-        # as nnU-Net's default trainer allows (the models were trained with mirror augmentation)
+        # a model whose schedule turned test-time mirroring off has no axes of its own: TTA on mirrors every spatial
+        # axis, as nnU-Net's default trainer allows (meaningful for models trained with mirror augmentation, as the
+        # benchmark's are)
         if predictor.allowed_mirroring_axes is None:
             predictor.allowed_mirroring_axes = tuple(range(len(predictor.configuration_manager.patch_size)))
     return _Loaded(spec, predictors)
