@@ -370,11 +370,9 @@ def assert_bundle_predicts_like(model: Path, images: Path, stock_predictions: Pa
         for name, values in metrics.items():  # NaN: the class is absent from both
             assert math.isnan(values["Dice"]) or values["Dice"] >= 0.999, (stock.name, name, values["Dice"])
 
-    case = preprocess(load_predictor(model, 0, "checkpoint_final.pth", torch.device("cpu")), next(
-        iter(case_files(images, dataset_json["file_ending"]).values())
-    ))[0]  # fmt: skip
     reference = load_predictor(model, 0, "checkpoint_final.pth", torch.device("cpu"))
     reference.use_mirroring = True
+    case = preprocess(reference, next(iter(case_files(images, dataset_json["file_ending"]).values())))[0]
     onnx = load_bundle_predictor(bundle, use_mirroring=True, allow_tqdm=False)
     assert onnx.allowed_mirroring_axes == reference.allowed_mirroring_axes
     # the tests' schedule trains without test-time mirroring: mirror every axis anyway, to compare with TTA

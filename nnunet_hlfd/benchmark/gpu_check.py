@@ -61,10 +61,18 @@ class Check:
                            "ok": ok, "seconds": round(seconds, 1), "log": str(log)})  # fmt: skip
         return code
 
-    def train(self, name: str, trainer: str, *extra: str, plans: str = "nnUNetPlans", **kwargs) -> int:
+    def train(
+        self,
+        name: str,
+        trainer: str,
+        *extra: str,
+        plans: str = "nnUNetPlans",
+        extra_env: dict | None = None,
+        expect: int = 0,
+    ) -> int:
         args = ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "0", "-tr", trainer, "-p", plans,
                 "-device", self.device, *extra]  # fmt: skip
-        return self.run(name, args, {**self.training_env, **kwargs.pop("extra_env", {})}, **kwargs)
+        return self.run(name, args, {**self.training_env, **(extra_env or {})}, expect)
 
     # ---- the steps -------------------------------------------------------------------------------------------
     def step_overhead(self) -> None:

@@ -112,16 +112,16 @@ def _load(spec: ModelSpec, backends: list[str], device: torch.device, checkpoint
     from nnunet_hlfd.deploy.bundle import CHECKPOINT, export_bundle, parse_folds
     from nnunet_hlfd.deploy.onnx_predictor import load_bundle_predictor
 
-    folds = tuple(str(f) for f in parse_folds(list(spec.folds)))
+    folds = parse_folds(list(spec.folds))
     # PyTorch's predictor always: it preprocesses (the same for both backends) and its network is counted
     chosen = CHECKPOINT if _is_bundle(spec.folder) else checkpoint
-    predictors = {"pytorch": load_predictor(spec.folder, folds, chosen, device)}
+    predictors = {"pytorch": load_predictor(spec.folder, tuple(folds), chosen, device)}
     if "onnx" in backends:
         bundle = spec.folder
         if not _is_bundle(bundle):
             bundle = scratch / spec.name
-            export_bundle(spec.folder, parse_folds(list(folds)), bundle, checkpoint, log=lambda _: None)
-        predictors["onnx"] = load_bundle_predictor(bundle, list(folds), device=device, allow_tqdm=False)
+            export_bundle(spec.folder, folds, bundle, checkpoint, log=lambda _: None)
+        predictors["onnx"] = load_bundle_predictor(bundle, [str(f) for f in folds], device=device, allow_tqdm=False)
     for predictor in predictors.values():
         # a model whose schedule turned test-time mirroring off has no axes of its own: TTA on mirrors every spatial
         # axis, as nnU-Net's default trainer allows (meaningful for models trained with mirror augmentation, as the
@@ -349,16 +349,10 @@ def _row(model: _Loaded, setting: Setting, device, cases, shapes, references, ou
         from nnunet_hlfd.evaluation.evaluate import evaluate_folder
 
         folder = _predictions_folder(output, device.type, model.spec.name, setting)
-        summary = evaluate_folder(folder, references, _dataset_json(predictor, output), chill=True, progress=False)
+        # a results folder and a bundle both hold the model's dataset.json
+        summary = evaluate_folder(folder, references, model.spec.folder / "dataset.json", chill=True, progress=False)
         row["dice"] = {name: c["metrics"]["Dice"]["mean"] for name, c in summary["classes"].items()}
     return row
-
-
-def _dataset_json(predictor, output: Path) -> Path:
-    path = output / "predictions" / "dataset.json"
-    if not path.is_file():
-        write_text(path, json.dumps(predictor.dataset_json, indent=2))
-    return path
 
 
 def _max(values) -> float | None:

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from dataclasses import replace
@@ -18,9 +20,9 @@ from pathlib import Path
 from nnunetv2.paths import nnUNet_results
 
 from nnunet_hlfd.errors import OptionError, TeacherNotFoundError
+from nnunet_hlfd.files import file_sha256
 from nnunet_hlfd.runtime import PLANS_BLOCK, TEACHER_ENV, TEACHERS_ENV, model_folder, preprocessed_folder
 from nnunet_hlfd.splits import ROLES_FILE
-from nnunet_hlfd.teacher.load import file_sha256
 from nnunet_hlfd.teacher.locate import TeacherSpec, teacher_spec_from_path
 
 
@@ -94,11 +96,12 @@ def fold_ensemble_teachers(plans: dict, configuration: str, fold, options: dict)
     template = default_teacher(plans, configuration, fold, options)
     folder = Path(template.model_folder)
     checkpoint = options["teacher_checkpoint"]
-    folds = sorted(
-        (p.parent.name.removeprefix("fold_") for p in folder.glob(f"fold_*/{checkpoint}")),
-        key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0),
-    )
-    folds = [f for f in folds if f != "all"]  # the ensemble is of the cross-validation folds
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    folds = []
+    if folder.is_dir():  # the folds nnUNetv2_predict ensembles when given none: finished, 'all' left out
+        with contextlib.redirect_stdout(io.StringIO()):  # it narrates its search
+            folds = [str(f) for f in sorted(nnUNetPredictor.auto_detect_available_folds(str(folder), checkpoint))]
     if len(folds) < 2:
         raise OptionError(
             f"The fold ensemble needs at least two trained teacher folds in {folder} (found {folds or 'none'} with "

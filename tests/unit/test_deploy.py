@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import write_teacher
+from conftest import TINY_DATASET_JSON, tiny_plans, write_teacher
 
 from nnunet_hlfd.cli import main
 from nnunet_hlfd.deploy import bundle as bundle_module
@@ -21,8 +21,6 @@ from nnunet_hlfd.errors import DeployError
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A results folder with two folds of random weights, and its bundle (exported once: ~10 s per fold)."""
-    from conftest import TINY_DATASET_JSON, tiny_plans
-
     root = tmp_path_factory.mktemp("deploy")
     results = write_teacher(root, tiny_plans(), TINY_DATASET_JSON)
     torch.manual_seed(1)
