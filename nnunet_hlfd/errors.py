@@ -76,3 +76,11 @@ class BenchmarkError(HLFDError):
 
 class DeployError(HLFDError):
     """A model cannot be exported, or a deploy bundle cannot predict, as asked."""
+
+
+class OutputFolderError(HLFDError):
+    """A command's output folder is not one (an existing file)."""
+
+
+class MissingCommandError(HLFDError):
+    """One of nnU-Net's commands is not installed where this Python can find it."""

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from nnunet_hlfd.errors import OutputFolderError
+
 
 @contextmanager
 def replaced_atomically(path: Path) -> Iterator[Path]:
@@ -24,6 +26,16 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def output_folder(path: Path, option: str = "-o") -> Path:
+    """``path`` as a folder to write into, refused (before anything is written) when it, or the nearest of its parents
+    that exists, is a file."""
+    existing = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is a file)"
+        raise OutputFolderError(f"{option} {path} cannot be a folder{where}: give a folder to write into")
+    return path
 
 
 def write_text(path: Path, text: str) -> None:

@@ -9,14 +9,19 @@ training code, so that any layer may use it.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
 
-from nnunet_hlfd.errors import REFUSED_EXIT_CODE  # noqa: F401  (part of the contract, defined where it is used)
+from nnunet_hlfd.errors import (
+    REFUSED_EXIT_CODE,  # noqa: F401  (part of the contract, defined where it is used)
+    MissingCommandError,
+)
 from nnunet_hlfd.ext_path import EXT_TRAINER_DIR
 
 # ---- environment variables read by the trainers -------------------------------------------------------------
@@ -78,9 +83,25 @@ def nnunet_environment(root: Path) -> dict[str, str]:
     return env
 
 
+def nnunet_command(name: str) -> str:
+    """The executable of one of nnU-Net's commands (``nnUNetv2_train``, ...): the one beside this Python, installed
+    with it (``VENV/bin/nnunet_hlfd`` runs without the environment on PATH), else the one on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise MissingCommandError(
+            f"{name} is neither beside {sys.executable} nor on PATH: install nnunetv2 into this Python environment "
+            "(pip install nnunetv2), or activate the environment that has it"
+        )
+    return found
+
+
 def run_nnunet(args: list[str], env: dict, log: Path, append: bool = False) -> tuple[int, float]:
-    """Run one of nnU-Net's commands with its output into ``log`` (the command line first). Returns (exit code,
-    seconds)."""
+    """Run one of nnU-Net's commands (found by :func:`nnunet_command`) with its output into ``log`` (the command line
+    first). Returns (exit code, seconds)."""
+    args = [nnunet_command(args[0]), *args[1:]]
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "a" if append else "w") as f:

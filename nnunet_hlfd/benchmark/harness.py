@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from nnunet_hlfd.benchmark.jobs import Job, half_teacher_folds, planned_jobs
+from nnunet_hlfd.benchmark.phantom import check_label_source
 from nnunet_hlfd.benchmark.profiles import TEACHER_ROWS, TEACHER_TRAINER, Profile
 from nnunet_hlfd.benchmark.report import Report
 from nnunet_hlfd.benchmark.workspace import Workspace
@@ -18,7 +19,7 @@ from nnunet_hlfd.errors import BenchmarkError
 from nnunet_hlfd.evaluation.evaluate import evaluate_folder
 from nnunet_hlfd.evaluation.metrics import SURFACE_DEFINITION
 from nnunet_hlfd.files import write_text
-from nnunet_hlfd.runtime import INTERRUPTED_EXIT_CODE, STOP_AFTER_TIME_ENV, TEACHERS_ENV
+from nnunet_hlfd.runtime import INTERRUPTED_EXIT_CODE, STOP_AFTER_TIME_ENV, TEACHERS_ENV, nnunet_command
 
 
 class Harness(Workspace):
@@ -26,7 +27,14 @@ class Harness(Workspace):
     report's path, or None when the time limit stopped it (run it again to continue)."""
 
     def __init__(self, profile: Profile, labels: Path, work: Path, time_limit_min: float | None = None):
+        if time_limit_min is not None and not time_limit_min > 0:  # `not >` refuses NaN too
+            raise BenchmarkError(
+                f"--time-limit-min {time_limit_min:g}: give a positive number of minutes for this piece of the run "
+                "(or leave it out to run to the end)"
+            )
         super().__init__(profile, labels, work)
+        self.time_limit_min = time_limit_min
+        self.stopped_because: str | None = None  # why the last run_jobs stopped at the time limit
         self.deadline = self.started + 60 * time_limit_min if time_limit_min is not None else None
         self.durations_file = self.work / "durations.json"
         self.durations = json.loads(self.durations_file.read_text()) if self.durations_file.is_file() else {}
@@ -87,7 +95,7 @@ class Harness(Workspace):
     def run_jobs(self) -> bool:
         """Every pending job; False if the time limit stopped the run before the end."""
         jobs = planned_jobs(self.profile)
-        teacher_checked = False
+        teacher_checked = started_any = False
         for i, job in enumerate(jobs, 1):
             if self.result_file(job).is_file():
                 if job.kind == "predict" and not self.evaluation_is_current(job):
@@ -102,13 +110,19 @@ class Harness(Workspace):
                 2 * self.durations.get("epoch", 0.0) if job.kind == "train" else self.durations.get(job.kind, 0.0)
             )
             if not self.time_left(estimate):
-                self.log(f"time limit: no room for {job.name} (about {estimate / 60:.1f} min); stopping here")
+                self.stopped_because = self._no_room(job, estimate, started_any)
+                self.log(f"time limit: {self.stopped_because}")
                 return False
+            started_any = True
             self.log(f"[{i}/{len(jobs)}] {job.name} ({job.trainer})")
             start = time.time()
             if job.kind == "train":
                 if not self.train(job):
-                    self.log("time limit reached during training; the next run resumes it with --c")
+                    self.stopped_because = (
+                        f"the limit was reached during {job.name}: run the same command again to continue (it "
+                        "resumes with --c)"
+                    )
+                    self.log(f"time limit: {self.stopped_because}")
                     return False
                 self._record_duration(job.kind, time.time() - start)
                 self._record_epoch(job)
@@ -116,6 +130,22 @@ class Harness(Workspace):
                 self.predict(job)
                 self._record_duration(job.kind, time.time() - start)
         return True
+
+    def _no_room(self, job: Job, estimate_s: float, started_any: bool) -> str:
+        """Why no further job fits, and, when none could start in this piece, the limit that lets one start: run
+        again with the same limit and it would stop here again."""
+        if started_any:
+            return (
+                f"no room for {job.name} (about {estimate_s / 60:.1f} min) before the limit: run the same command "
+                "again to continue"
+            )
+        spent_min = (time.time() - self.started) / 60
+        needed = f"about {estimate_s / 60:.1f} min more" if estimate_s else "not measured yet"
+        return (
+            f"the limit of {self.time_limit_min:g} min left no room for {job.name} ({needed}) after "
+            f"{spent_min:.1f} min of start-up and preparation: run again with --time-limit-min above "
+            f"{spent_min + estimate_s / 60 + 1:.0f} (what was prepared is kept)"
+        )
 
     def _record_duration(self, kind: str, seconds: float) -> None:
         self.durations[kind] = max(self.durations.get(kind, 0.0), seconds)
@@ -150,6 +180,10 @@ class Harness(Workspace):
         self.log(f"teacher cross-validation Dice: {found}")
 
     def __call__(self, report: Path | None = None) -> Path | None:
+        # refusals of the labels (missing, not whole, another source than this work folder's) before any write
+        check_label_source(self.labels, self.phantoms, self.profile.phantom, self.profile.max_cases)
+        for command in ("nnUNetv2_plan_and_preprocess", "nnUNetv2_train", "nnUNetv2_predict"):
+            nnunet_command(command)  # installed beside this Python or on PATH, or refused now
         self.work.mkdir(parents=True, exist_ok=True)
         write_text(
             self.work / "profile.json",

@@ -40,7 +40,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from nnunet_hlfd.errors import PhantomError
-from nnunet_hlfd.files import replaced_atomically
+from nnunet_hlfd.files import file_sha256, replaced_atomically, write_text
+from nnunet_hlfd.image_files import incomplete
 
 IMAGE_FILE, LABEL_FILE = "imaging.nii.gz", "segmentation.nii.gz"
 SETTINGS_FILE = "phantom_settings.json"
@@ -232,18 +233,16 @@ def label_cases(labels_folder: Path) -> list[tuple[str, Path]]:
     return cases
 
 
-def write_phantoms(
-    labels_folder: Path, output: Path, settings: PhantomSettings = PhantomSettings(), max_cases: int | None = None,
-    progress: bool = True,
-) -> list[str]:  # fmt: skip
-    """Write ``output/case_XXXXX/{imaging,segmentation}.nii.gz`` for every labelled case (the KiTS layout, so the
-    KiTS converters read it). Resumable: finished cases are kept, each file is written whole or not at all.
-    Refuses an output folder made with other settings. Returns the case ids."""
-    from tqdm import tqdm
-
-    output = Path(output)
-    cases = label_cases(Path(labels_folder))[:max_cases]
-    record = {**asdict(settings), "source": str(Path(labels_folder).resolve())}
+def check_label_source(
+    labels_folder: Path, output: Path, settings: PhantomSettings, max_cases: int | None = None
+) -> list[tuple[str, Path]]:
+    """(case id, label file) of the cases to make phantoms of, after the refusals that must come before anything is
+    written: a labels folder that is missing or holds a label file that is not whole, and a phantom folder made
+    from other label maps or with other settings. Returns the cases."""
+    labels_folder, output = Path(labels_folder), Path(output)
+    if not labels_folder.is_dir():
+        raise PhantomError(f"labels folder {labels_folder} does not exist: point at a KiTS19 or KiTS23 label folder")
+    cases = label_cases(labels_folder)[:max_cases]
     settings_file = output / SETTINGS_FILE
     if settings_file.is_file():
         previous = json.loads(settings_file.read_text())
@@ -251,8 +250,46 @@ def write_phantoms(
             raise PhantomError(
                 f"{output} holds phantoms made with other settings ({previous}): choose another folder or remove it"
             )
+        recorded, now = previous.get("labels"), label_fingerprints(cases)
+        if recorded is None:  # a record from before the fingerprints: its path decides
+            recorded = now if previous.get("source") == str(labels_folder.resolve()) else {}
+        differ = sorted(c for c in {*recorded, *now} if recorded.get(c) != now.get(c))
+        if differ:
+            raise PhantomError(
+                f"{output} holds phantoms of other label maps (made from {previous.get('source')}), not of "
+                f"{labels_folder} ({len(now)} cases; {len(differ)} differ from, or are not among, the {len(recorded)} "
+                f"recorded, e.g. {differ[0]}): a work folder holds one label source. Use a new --work folder, or "
+                "point at the labels it was made from"
+            )
+    pending = [(case, f) for case, f in cases if not (output / case / IMAGE_FILE).is_file()]
+    broken = [f"{f} is {problem}" for _, f in pending if (problem := incomplete(f))]
+    if broken:
+        raise PhantomError("; ".join(broken) + ": restore the label file(s) from the challenge's download")
+    return cases
+
+
+def label_fingerprints(cases: list[tuple[str, Path]]) -> dict[str, str]:
+    """case id -> sha256 of its label file: what a phantom folder was made from."""
+    return {case: file_sha256(path) for case, path in cases}
+
+
+def write_phantoms(
+    labels_folder: Path, output: Path, settings: PhantomSettings = PhantomSettings(), max_cases: int | None = None,
+    progress: bool = True,
+) -> list[str]:  # fmt: skip
+    """Write ``output/case_XXXXX/{imaging,segmentation}.nii.gz`` for every labelled case (the KiTS layout, so the
+    KiTS converters read it). Resumable: finished cases are kept, each file is written whole or not at all.
+    Refuses (:func:`check_label_source`) an output folder made from other label maps or with other settings, and
+    label files that are not whole. Returns the case ids."""
+    from tqdm import tqdm
+
+    output = Path(output)
+    cases = check_label_source(labels_folder, output, settings, max_cases)
+    settings_file = output / SETTINGS_FILE
     output.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(record, indent=2))
+    if not settings_file.is_file() or "labels" not in json.loads(settings_file.read_text()):
+        record = {**asdict(settings), "source": str(Path(labels_folder).resolve()), "labels": label_fingerprints(cases)}
+        write_text(settings_file, json.dumps(record, indent=2))
     for case_id, label_file in tqdm(cases, desc="phantoms", unit="case", disable=not progress):
         folder = output / case_id
         if (folder / IMAGE_FILE).is_file() and (folder / LABEL_FILE).is_file():

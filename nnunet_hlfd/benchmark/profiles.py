@@ -165,13 +165,19 @@ def with_variants(profile: Profile, specs: list[tuple[str, str, str]] | None) ->
             options = json.loads(options_json)
         except json.JSONDecodeError as error:
             raise BenchmarkError(f"variant {name}: the options are not JSON ({error}): {options_json}") from None
+        from nnunet_hlfd.errors import OptionError
         from nnunet_hlfd.trainers import TRAINERS  # nnU-Net's training code: only when a variant is asked for
 
-        valid = set(TRAINERS[ROWS[row]].option_defaults()) - {"teacher_plans"}
+        trainer = TRAINERS[ROWS[row]]
+        valid = set(trainer.option_defaults()) - {"teacher_plans"}
         if not isinstance(options, dict) or not options or set(options) - valid:
             raise BenchmarkError(
                 f"variant {name}: options must be a JSON object with keys among {sorted(valid)}, got {options_json}"
             )
+        try:  # the values too, as the trainer will check them: now, not after hours of teacher training
+            trainer.checked_options(options)
+        except OptionError as error:
+            raise BenchmarkError(f"variant {name} ({trainer.__name__}): {error}") from None
         variants.append(Variant(name, row, tuple(sorted(options.items()))))
     return replace(profile, rows=(*profile.rows, *[v.name for v in variants]), variants=tuple(variants))
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from nnunet_hlfd.benchmark.jobs import Job, benchmark_splits, row_job
 from nnunet_hlfd.benchmark.phantom import write_phantoms
-from nnunet_hlfd.benchmark.profiles import PLANS, TEACHER_TRAINER, Profile, Variant
+from nnunet_hlfd.benchmark.profiles import PLANS, ROWS, TEACHER_TRAINER, Profile, Variant
 from nnunet_hlfd.errors import BenchmarkError
 from nnunet_hlfd.evaluation.evaluate import read_task, resolve_tolerances
 from nnunet_hlfd.files import write_text
@@ -44,6 +44,10 @@ class Workspace:
     def dataset(self) -> str:
         return f"Dataset{self.profile.dataset_id:03d}_KiTSPhantom{self.profile.name.capitalize()}"
 
+    @property
+    def phantoms(self) -> Path:
+        return self.work / "phantoms"
+
     def log(self, message: str) -> None:
         print(f"[{(time.time() - self.started) / 60:6.1f} min] {message}", flush=True)
 
@@ -57,6 +61,11 @@ class Workspace:
     def model_folder(self, trainer: str, plans: str = PLANS) -> Path:
         return model_folder(self.work / "nnUNet_results", self.dataset, trainer, plans, self.profile.configuration)
 
+    def started_trainings(self, trainer: str, plans: str = PLANS) -> list[Path]:
+        """The fold folders of a model that hold a checkpoint: trainings that have used its plans."""
+        folder = self.model_folder(trainer, plans)
+        return sorted({c.parent for c in folder.glob("fold_*/checkpoint_*.pth")}) if folder.is_dir() else []
+
     def predictions(self, row: str, fold: int) -> Path:
         return self.work / "predictions" / row / f"fold_{fold}"
 
@@ -69,7 +78,7 @@ class Workspace:
     # -- the data, prepared once
     def prepare(self) -> None:
         profile = self.profile
-        phantoms = self.work / "phantoms"
+        phantoms = self.phantoms
         self.log(f"phantoms from {self.labels} -> {phantoms}")
         cases = write_phantoms(self.labels, phantoms, profile.phantom, profile.max_cases, progress=False)
         raw = self.work / "nnUNet_raw" / self.dataset
@@ -134,12 +143,15 @@ class Workspace:
         target = preprocessed / f"{variant.plans}.json"
         if target.is_file():
             written = json.loads(target.read_text())["configurations"][self.profile.configuration].get(PLANS_BLOCK)
-            if written != block:
+            if written == block:
+                return
+            trained = self.started_trainings(ROWS[variant.row], variant.plans)
+            if trained:
                 raise BenchmarkError(
-                    f"{target} holds the options {written}, the variant {variant.name} now asks for {block}: models "
-                    "already trained used the old ones. Give the variant a new name."
+                    f"{target} holds the options {written}, the variant {variant.name} now asks for {block}: "
+                    f"{', '.join(map(str, trained))} trained with the old ones. Give the variant a new name."
                 )
-            return
+            self.log(f"variant {variant.name}: nothing trained with its old options {written}; now {block}")
         configuration[PLANS_BLOCK] = block
         plans["plans_name"] = variant.plans
         write_text(target, json.dumps(plans, indent=2))

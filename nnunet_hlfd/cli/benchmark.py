@@ -20,7 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nnunet_hlfd.benchmark.profiles import PROFILES, ROWS
 
     parser.add_argument("labels", type=Path, help="a KiTS19 or KiTS23 folder of case_XXXXX/segmentation.nii.gz")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="cpu",
+        help="cpu (default): the documented benchmark, 2D, about 4.5 hours on 2 CPU cores (use --time-limit-min to "
+        "run it in pieces); gpu: 3d_fullres on one H100-class GPU, many hours; smoke: about 3 minutes, numbers that "
+        "mean nothing (checks that the harness runs)",
+    )
     parser.add_argument("--work", type=Path, required=True, help="working folder (nnU-Net folders, logs, report)")
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), help="compare these rows (default: the profile's)")
     parser.add_argument(
@@ -36,7 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="NSD's tolerance, as for `nnunet_hlfd evaluate` (default: 1 mm for every label/region); finished "
         "predictions are evaluated again when it changes",
     )  # fmt: skip
-    parser.add_argument("--time-limit-min", type=float, help="stop (resumably) before this many minutes are exceeded")
+    parser.add_argument(
+        "--time-limit-min",
+        type=float,
+        help="minutes > 0 for this piece of the run: no job starts that would not end in time, a training past it "
+        "stops after its epoch (exit code 3: run the same command again to continue)",
+    )
     parser.add_argument("--report", type=Path, help="also write the report here (e.g. docs/benchmarks.md)")
 
 
@@ -57,9 +69,10 @@ def run(args: argparse.Namespace) -> int:
     with exit_with_message("nnunet_hlfd benchmark"):
         profile = with_variants(with_folds(with_rows(PROFILES[args.profile], args.rows), args.folds), args.variant)
         profile = with_tolerances(profile, parse_tolerances(args.tolerance_mm) if args.tolerance_mm else None)
-        report = Harness(profile, args.labels, args.work, args.time_limit_min)(args.report)
+        harness = Harness(profile, args.labels, args.work, args.time_limit_min)
+        report = harness(args.report)
     if report is None:
-        print("stopped at the time limit: run the same command again to continue", file=sys.stderr)
+        print(f"stopped at the time limit: {harness.stopped_because}", file=sys.stderr)
         return STOPPED_EXIT_CODE
     return 0
 

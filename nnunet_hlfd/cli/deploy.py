@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nnunet_hlfd.errors import exit_with_message
+from nnunet_hlfd.errors import DeployError, exit_with_message
 
 COMMANDS = ("export", "predict")
 
@@ -22,9 +22,16 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     export.add_argument("model", help="results folder: nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION")
     export.add_argument("-f", nargs="+", default=["0"], help="fold(s) to export, e.g. 0, or 0 1 2 3 4 (default: 0)")
-    export.add_argument("-o", required=True, help="the bundle folder to write (must not exist)")
+    export.add_argument(
+        "-o", required=True, help="the bundle folder to write (must not exist, unless --overwrite and it is a bundle)"
+    )
     export.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint to export (default: %(default)s)")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder -o")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the bundle at -o: only a folder that export wrote (its bundle.json lists every file in it); "
+        "anything else is refused untouched",
+    )
 
     predict = commands.add_parser(
         "predict",
@@ -85,8 +92,15 @@ def _predict(args: argparse.Namespace) -> None:
     import torch
 
     from nnunet_hlfd.deploy.onnx_predictor import load_bundle_predictor
-    from nnunet_hlfd.deploy.trained import case_files
+    from nnunet_hlfd.deploy.trained import checked_input_cases
+    from nnunet_hlfd.files import output_folder
 
+    output = output_folder(Path(args.o))
+    if output.resolve() == Path(args.i).resolve():
+        raise DeployError(
+            f"-o {args.o} is the input folder -i: the segmentations would land among the images (and be read as "
+            "images by the next predict); choose another -o"
+        )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     predictor = load_bundle_predictor(
         Path(args.bundle),
@@ -97,8 +111,8 @@ def _predict(args: argparse.Namespace) -> None:
         providers=args.provider,
         allow_tqdm=not args.disable_progress_bar,
     )
-    case_files(Path(args.i), predictor.dataset_json["file_ending"])  # refuses a missing or empty input folder
-    Path(args.o).mkdir(parents=True, exist_ok=True)
+    checked_input_cases(Path(args.i), predictor.dataset_json)  # every input whole, named and of the model's channels
+    output.mkdir(parents=True, exist_ok=True)
     if args.npp == 0 and args.nps == 0:
         predictor.predict_from_files_sequential(
             args.i, args.o, save_probabilities=args.save_probabilities, overwrite=not args.continue_prediction

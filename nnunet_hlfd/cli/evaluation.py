@@ -157,7 +157,17 @@ def run(args: argparse.Namespace) -> None:
         _run(args)
 
 
+def _writes_a_folder(args: argparse.Namespace) -> bool:
+    if args.command == "visualize":
+        return args.figure != "training"  # that one writes a PNG file
+    return args.command != "evaluate" or args.output is not None  # evaluate: the predictions folder by default
+
+
 def _run(args: argparse.Namespace) -> None:
+    if _writes_a_folder(args):
+        from nnunet_hlfd.files import output_folder
+
+        output_folder(Path(args.output), "--output")
     if args.command == "evaluate":
         from nnunet_hlfd.evaluation.evaluate import PER_CASE_FILE, SUMMARY_FILE, evaluate_folder, parse_tolerances
         from nnunet_hlfd.evaluation.metrics import METRICS

@@ -51,8 +51,10 @@ def main(argv: list[str] | None = None) -> None:
         print(SETUP_LINE)
     elif args.command == "demo":
         from nnunet_hlfd.demo.pipeline import run_demo
+        from nnunet_hlfd.errors import exit_with_message
 
-        run_demo(args.output, args.profile, args.overwrite)
+        with exit_with_message("nnunet_hlfd demo"):
+            run_demo(args.output, args.profile, args.overwrite)
     elif args.command == "convert":
         conversion.run_convert(args)
     elif args.command == "split":

@@ -15,13 +15,10 @@ import math
 import os
 import re
 import shutil
-import signal
-import sys
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +28,7 @@ from tqdm import tqdm
 from nnunet_hlfd.errors import CaseError, ConversionError
 from nnunet_hlfd.grid import grid, grid_differences, same_grid_exactly
 from nnunet_hlfd.image_files import incomplete
+from nnunet_hlfd.workers import worker_pool
 
 FILE_ENDING = ".nii.gz"
 # Absolute tolerance for image/label geometry: millimetres for spacing and origin, cosines for direction.
@@ -277,17 +275,6 @@ def _check_cases(cases: Sequence[SourceCase], input_folder: Path) -> None:
         seen[case.case_id] = case
 
 
-def exit_with_parent() -> None:
-    """In a pool worker: end when the parent process dies (killed, even with SIGKILL), instead of converting on
-    for nobody (Linux; elsewhere workers end when they next ask for work)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before the line above
-            os._exit(1)
-
-
 def _run_cases(
     cases: Sequence[SourceCase], spec: DatasetSpec, tmp: Path, num_processes: int, tolerance: float
 ) -> tuple[list[CaseReport], list[CaseError]]:
@@ -301,7 +288,7 @@ def _run_cases(
                 errors.append(e)
             progress.update()
     else:
-        with ProcessPoolExecutor(num_processes, mp_context=get_context("spawn"), initializer=exit_with_parent) as pool:
+        with worker_pool(num_processes) as pool:
             futures = [pool.submit(convert_case, case, spec, str(tmp), tolerance) for case in cases]
             for future in as_completed(futures):
                 try:

@@ -16,7 +16,14 @@ from pathlib import Path
 
 from nnunet_hlfd.demo.synthetic import make_synthetic_dataset
 from nnunet_hlfd.evaluation.evaluate import evaluate_folder
-from nnunet_hlfd.runtime import SCHEDULE_KEY, model_folder, nnunet_environment, plan_schedule, run_nnunet
+from nnunet_hlfd.runtime import (
+    SCHEDULE_KEY,
+    model_folder,
+    nnunet_command,
+    nnunet_environment,
+    plan_schedule,
+    run_nnunet,
+)
 
 DATASET_ID = 991
 DATASET_NAME = "HLFDDemo"
@@ -138,6 +145,7 @@ def _predict(model_folder: Path, images: Path, output: Path) -> tuple[int, float
 
 def run_demo(work_dir: str | Path, profile: str = "default", overwrite: bool = False) -> list[dict]:
     work = Path(work_dir).resolve()
+    nnunet_command("nnUNetv2_plan_and_preprocess")  # refused now, not after the dataset is written
     if work.exists() and any(work.iterdir()) and not overwrite:
         raise SystemExit(
             f"{work} exists and is not empty (an earlier demo?). Choose another --output folder or pass --overwrite "

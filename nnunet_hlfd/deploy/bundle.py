@@ -3,7 +3,7 @@
 ::
 
     BUNDLE/
-      bundle.json                  manifest: source, trainer, configuration, folds, checks, file hashes
+      bundle.json                  manifest: source, trainer, configuration, folds, checks, the sha256 of every file
       plans.json  dataset.json     as in the results folder (nnU-Net's preprocessing and export read them)
       fold_X/network.onnx          the network without deep-supervision heads; dynamic batch, the plans' patch size
       fold_X/checkpoint_final.pth  weights only (no optimizer, no distillation adapters, no logs)
@@ -14,6 +14,12 @@ names ``nnUNetTrainer``, so that prediction from the bundle needs neither this p
 
 Each fold's ONNX network is run once on a random batch of two patches at export and compared with PyTorch; an
 export that differs beyond :data:`EXPORT_TOLERANCE` is refused, so a bundle that exists is one that was checked.
+Reading a bundle checks every file it uses against the manifest's sha256 (an edited intensity mean in plans.json
+changes the segmentations as surely as an edited network).
+
+``--overwrite`` replaces only a bundle: a folder whose manifest lists every file in it, which neither is nor holds
+the model being exported or the current directory. Anything else (a results folder, ``$nnUNet_results``, a user's
+folder, a file) is refused with what was found there, and nothing is touched.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +38,7 @@ import numpy as np
 import torch
 
 from nnunet_hlfd.errors import DeployError
-from nnunet_hlfd.files import file_sha256
+from nnunet_hlfd.files import file_sha256, output_folder
 
 MANIFEST = "bundle.json"
 ONNX_FILE = "network.onnx"
@@ -38,6 +46,7 @@ CHECKPOINT = "checkpoint_final.pth"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 OPSET = 18
+FORMAT = 2  # 2: every file hashed in the manifest's "files"; 1 (before): only the ONNX networks
 # |onnx - torch| <= atol + rtol * |torch| on every logit of the check batch (float32 kernels differ by ~1e-5)
 EXPORT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
 STOCK_TRAINER = "nnUNetTrainer"
@@ -91,7 +100,11 @@ def _load_checkpoint(path: Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # a truncated or foreign file: say which one
-        raise DeployError(f"{path} cannot be read as a PyTorch checkpoint ({error}): restore it or retrain") from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DeployError(
+            f"{path} cannot be read as a PyTorch checkpoint ({reason}): restore it, train the fold again, or "
+            "export another checkpoint with -chk"
+        ) from None
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint or "trainer_name" not in checkpoint:
         raise DeployError(f"{path} is not an nnU-Net checkpoint (no network_weights/trainer_name)")
     return checkpoint
@@ -173,15 +186,68 @@ def check_onnx(network: torch.nn.Module, path: Path, input_shape: tuple[int, ...
     return float(difference.max())
 
 
+def bundle_entries(manifest: dict) -> set[str]:
+    """Every path a bundle holds, relative to its folder (files and their folders), as its manifest lists them."""
+    files = manifest.get("files") or {  # format 1 listed no files: what it always wrote
+        name: ""
+        for fold in manifest["folds"]
+        for name in (f"{fold_name(fold)}/{ONNX_FILE}", f"{fold_name(fold)}/{CHECKPOINT}")
+    } | {"plans.json": "", "dataset.json": ""}
+    folders = {str(Path(name).parent) for name in files} - {"."}
+    return {MANIFEST, *files, *folders}
+
+
+def _found_there(path: Path) -> str:
+    """What a folder that is not a bundle holds, in words, for the refusal."""
+    nnunet_folders = {os.environ.get(v) for v in ("nnUNet_results", "nnUNet_raw", "nnUNet_preprocessed")} - {None}
+    if any(path.resolve() == Path(f).resolve() for f in nnunet_folders):
+        return "it is one of nnU-Net's folders (nnUNet_results, nnUNet_raw or nnUNet_preprocessed)"
+    if (path / "plans.json").is_file() and any(path.glob("fold_*")):
+        return "it is an nnU-Net results folder (plans.json and fold_* folders, no bundle.json)"
+    entries = sorted(p.name for p in path.iterdir())
+    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    return f"it holds no {MANIFEST} but {shown}" if entries else f"it is an empty folder without {MANIFEST}"
+
+
+def check_replaceable(output: Path, model: Path) -> None:
+    """``--overwrite`` replaces a bundle written by export and nothing else: refuse any other ``output``."""
+    output_abs, model_abs, here = output.resolve(), model.resolve(), Path.cwd().resolve()
+    refuse = f"--overwrite replaces only a bundle written by nnunet_hlfd export, and {output} "
+    if output.is_symlink() or not output.is_dir():
+        raise DeployError(refuse + "is " + ("a link" if output.is_symlink() else "a file") + ": choose another -o")
+    if output_abs == here or output_abs in here.parents:
+        raise DeployError(refuse + f"is (or holds) the current directory {here}: choose another -o")
+    if output_abs == model_abs or output_abs in model_abs.parents:
+        raise DeployError(refuse + f"holds the model being exported ({model}): choose another -o")
+    if not (output / MANIFEST).is_file():
+        raise DeployError(refuse + f"is not one: {_found_there(output)}. Choose another -o; nothing was written")
+    manifest = read_manifest(output)
+    unexpected = sorted(
+        str(p.relative_to(output))
+        for p in output.rglob("*")
+        if str(p.relative_to(output)) not in bundle_entries(manifest)
+    )
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+        raise DeployError(
+            refuse + f"holds files a bundle does not ({shown}): move them out or choose another -o; nothing was written"
+        )
+
+
 def _refuse_before_writing(folder: Path, folds: list, output: Path, checkpoint: str, overwrite: bool) -> dict:
-    """fold -> checkpoint, after every check that needs no network."""
+    """fold -> checkpoint, after every check that needs no network (each checkpoint read whole)."""
     if not folds:
         raise DeployError("no fold given: pass -f 0 (or several, e.g. -f 0 1 2 3 4, for an ensemble)")
     files = finished_checkpoints(folder, folds, checkpoint)
-    if output.exists() and not overwrite:
-        raise DeployError(f"{output} exists: choose another -o, or pass --overwrite to replace it")
     if output.resolve() == folder.resolve() or folder.resolve() in output.resolve().parents:
         raise DeployError(f"-o {output} lies inside the results folder {folder}: write the bundle elsewhere")
+    if output.exists() or output.is_symlink():
+        if not overwrite:
+            raise DeployError(f"{output} exists: choose another -o, or pass --overwrite to replace a bundle there")
+        check_replaceable(output, folder)
+    output_folder(output)  # not below a file
+    for path in files.values():
+        _load_checkpoint(path)  # before nnU-Net's loader reads it: a truncated file is refused with its name
     return files
 
 
@@ -198,8 +264,6 @@ def _export_fold(network: torch.nn.Module, path: Path, fold_folder: Path, input_
         "epochs": full.get("current_epoch"),
         "exporter": exporter,
         "onnx_vs_pytorch_max_abs": check_onnx(network, fold_folder / ONNX_FILE, input_shape),
-        "onnx_sha256": file_sha256(fold_folder / ONNX_FILE),
-        "checkpoint_sha256": file_sha256(fold_folder / CHECKPOINT),
     }
 
 
@@ -233,9 +297,9 @@ def export_bundle(
     trainer = predictor.trainer_name
     checkpoint_trainer = STOCK_TRAINER if _builds_stock_network(trainer) else trainer
 
-    partial = output.with_name(f".partial.{output.name}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh folder of our own beside the target (same file system, so the final rename is atomic)
+    partial = Path(tempfile.mkdtemp(prefix=f".partial.{output.name}.", dir=output.parent))
     try:
         shutil.copy2(folder / "plans.json", partial / "plans.json")
         shutil.copy2(folder / "dataset.json", partial / "dataset.json")
@@ -247,8 +311,9 @@ def export_bundle(
             )
             log(f"fold {fold}: ONNX Runtime vs PyTorch on a random batch: max |difference| "
                 f"{record['onnx_vs_pytorch_max_abs']:.2g}")  # fmt: skip
+        hashed = sorted(str(p.relative_to(partial)) for p in partial.rglob("*") if p.is_file())
         manifest = {
-            "format": 1,
+            "format": FORMAT,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": str(folder.resolve()),
             "trainer": trainer,
@@ -262,6 +327,7 @@ def export_bundle(
             "opset": OPSET,
             "export_tolerance": EXPORT_TOLERANCE,
             "fold_records": records,
+            "files": {name: file_sha256(partial / name) for name in hashed},
             "versions": {
                 "torch": torch.__version__,
                 "onnx": onnx.__version__,
@@ -272,12 +338,28 @@ def export_bundle(
             "bundle_bytes": folder_bytes(partial),
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if output.exists():
-            shutil.rmtree(output)
-        partial.rename(output)
+        _move_into_place(partial, output)
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)  # ours; gone already when the bundle is in place
     return manifest
+
+
+def _move_into_place(partial: Path, output: Path) -> None:
+    """``partial`` renamed to ``output``; a bundle already there (checked by :func:`check_replaceable`) is moved
+    aside first and removed only once the new one is in place."""
+    if not output.exists():
+        partial.rename(output)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".replaced.{output.name}.", dir=output.parent))
+    output.rename(aside / output.name)
+    try:
+        partial.rename(output)
+    except OSError:
+        (aside / output.name).rename(output)
+        raise
+    finally:
+        if output.exists():
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def _version(package: str) -> str:
@@ -286,8 +368,8 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def read_bundle(bundle: Path, folds: list[int | str] | None = None) -> dict:
-    """The manifest of a bundle, after checking that the files of ``folds`` (default: all) are the exported ones."""
+def read_manifest(bundle: Path) -> dict:
+    """The manifest of a bundle, refused with the fix when it is missing, not JSON or not a bundle manifest."""
     bundle = Path(bundle)
     if not (bundle / MANIFEST).is_file():
         hint = (
@@ -296,16 +378,42 @@ def read_bundle(bundle: Path, folds: list[int | str] | None = None) -> dict:
             else ""
         )
         raise DeployError(f"{bundle} is not a deploy bundle: no {MANIFEST}{hint}")
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    chosen = [str(f) for f in folds] if folds else manifest["folds"]
+    try:
+        manifest = json.loads((bundle / MANIFEST).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DeployError(f"{bundle / MANIFEST} is not JSON ({error}): export the bundle again") from None
+    needed = {"format", "folds", "configuration", "checkpoint_trainer", "inference_allowed_mirroring_axes"}
+    if not isinstance(manifest, dict) or needed - set(manifest):
+        raise DeployError(
+            f"{bundle / MANIFEST} is not a bundle manifest (it lacks {sorted(needed - set(manifest or {}))}): "
+            "export the bundle again"
+        )
+    return manifest
+
+
+def read_bundle(bundle: Path, folds: list[int | str] | None = None) -> dict:
+    """The manifest of a bundle, after checking that plans.json, dataset.json and the files of ``folds`` (default:
+    all) are the exported ones (sha256)."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    if manifest["format"] < FORMAT or not isinstance(manifest.get("files"), dict):
+        raise DeployError(
+            f"{bundle} was written by an older nnunet_hlfd export that did not hash plans.json and dataset.json: "
+            "export it again from its results folder"
+        )
+    chosen = [str(f) for f in parse_folds(folds)] if folds else manifest["folds"]
     unknown = sorted(set(chosen) - set(manifest["folds"]))
     if unknown:
         raise DeployError(f"{bundle} holds folds {manifest['folds']}, not {unknown}: pick -f among them")
-    for fold in chosen:
-        path = bundle / fold_name(fold) / ONNX_FILE
-        if not path.is_file() or file_sha256(path) != manifest["fold_records"][fold]["onnx_sha256"]:
+    used = [name for name in manifest["files"] if "/" not in name or name.split("/")[0] in map(fold_name, chosen)]
+    for name in used:
+        path = bundle / name
+        if not path.is_file():
+            raise DeployError(f"{path} is missing: the bundle is incomplete; export it again")
+        if file_sha256(path) != manifest["files"][name]:
             raise DeployError(
-                f"{path} is missing or not the exported file (its sha256 differs): export the bundle again"
+                f"{path} is not the exported file (its sha256 differs from {MANIFEST}'s): it was edited or damaged "
+                "after export; export the bundle again"
             )
     manifest["chosen_folds"] = chosen
     return manifest

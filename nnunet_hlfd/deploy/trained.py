@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,40 @@ def case_files(images: Path, file_ending: str) -> dict[str, list[str]]:
     if not len(ids):
         raise EvaluationError(f"no images ending in _0000{file_ending} in {images}")
     return dict(zip(ids, create_lists_from_splitted_dataset_folder(str(images), file_ending, ids)))
+
+
+CHANNEL_SUFFIX = re.compile(r"_(\d{4})$")
+
+
+def checked_input_cases(images: Path, dataset_json: dict) -> dict[str, list[str]]:
+    """:func:`case_files`, after checking what nnU-Net's predictor would trip over (an ``IndexError`` or "Background
+    workers died") or segment wrongly with exit code 0: files that are no case's channel (a prediction written into
+    the input folder), a case with another number of channels than the model's, a file that is not whole."""
+    file_ending = dataset_json["file_ending"]
+    strays = sorted(
+        p.name
+        for p in Path(images).glob(f"*{file_ending}")
+        if not CHANNEL_SUFFIX.search(p.name[: -len(file_ending)])
+    ) if Path(images).is_dir() else []  # fmt: skip
+    if strays:
+        raise EvaluationError(
+            f"{images} holds {', '.join(strays[:3])}{' ...' if len(strays) > 3 else ''}, not named CASE_XXXX"
+            f"{file_ending} (a channel of a case): predictions written into the input folder? Move them out"
+        )
+    cases = case_files(images, file_ending)
+    channels = list(dataset_json["channel_names"].values())
+    wanted = [f"_{i:04d}{file_ending}" for i in range(len(channels))]
+    for case, files in cases.items():
+        got = sorted(Path(f).name[len(case) :] for f in files)
+        if got != wanted:
+            raise EvaluationError(
+                f"case {case} in {images} has the channel files {got}, the model takes {len(channels)} channel(s) "
+                f"{channels} as {wanted}: give each case exactly these files"
+            )
+    broken = [f"{f} is {problem}" for files in cases.values() for f in files if (problem := incomplete(Path(f)))]
+    if broken:
+        raise EvaluationError("; ".join(broken) + ": restore or recreate the file(s)")
+    return cases
 
 
 def preprocess(

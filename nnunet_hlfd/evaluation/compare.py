@@ -27,7 +27,7 @@ import numpy as np
 from nnunet_hlfd.errors import EvaluationError
 from nnunet_hlfd.evaluation.evaluate import PER_CASE_FILE, SUMMARY_FILE, first_names, read_per_case
 from nnunet_hlfd.evaluation.metrics import HIGHER_IS_BETTER, METRICS, UNITS
-from nnunet_hlfd.files import write_csv, write_text
+from nnunet_hlfd.files import file_sha256, write_csv, write_text
 
 COMPARED = tuple("|RVD|" if m == "RVD" else m for m in METRICS)
 CSV_FILE = "comparison.csv"
@@ -104,8 +104,24 @@ def per_case_file(path: str | os.PathLike) -> Path:
     return file
 
 
+def _refuse_repeated_evaluations(name: str, sources: list[Path]) -> None:
+    """A run's repeats are its folds or seeds: one evaluation listed twice (or a copy of it) would count as two and
+    shrink the std and the p-value."""
+    seen: dict[str, Path] = {}
+    for source in sources:
+        for key in (str(source.resolve()), file_sha256(source)):
+            if key in seen:
+                how = "is" if str(seen[key].resolve()) == key else "has the same contents as"
+                raise EvaluationError(
+                    f"run {name}: {source} {how} {seen[key]}: one evaluation would count as two repeats. Give each "
+                    "fold's or seed's evaluation once"
+                )
+            seen[key] = source
+
+
 def load_run(name: str, paths: list[str | os.PathLike]) -> Run:
     sources = [per_case_file(p) for p in paths]
+    _refuse_repeated_evaluations(name, sources)
     values: dict = defaultdict(lambda: {m: [] for m in COMPARED})
     cases: dict[str, set[str]] = defaultdict(set)
     for source in sources:

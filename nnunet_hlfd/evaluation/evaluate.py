@@ -12,9 +12,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ from nnunet_hlfd.evaluation.metrics import DEFAULT_TOLERANCE_MM, METRICS, SURFAC
 from nnunet_hlfd.files import write_csv, write_text
 from nnunet_hlfd.grid import grid_differences
 from nnunet_hlfd.image_files import incomplete
+from nnunet_hlfd.workers import worker_pool
 
 PER_CASE_FILE = "metrics_per_case.csv"
 SUMMARY_FILE = "metrics_summary.json"
@@ -324,7 +323,7 @@ def evaluate_folder(
     jobs = [(case, p, r, task, tolerances) for case, (p, r) in pairs.items()]
     bar = dict(total=len(jobs), desc="evaluate", unit="case", disable=not progress)
     if num_processes > 1:
-        with ProcessPoolExecutor(num_processes, mp_context=get_context("spawn")) as pool:
+        with worker_pool(num_processes) as pool:
             per_case = list(tqdm(pool.map(_evaluate_case_star, jobs), **bar))
     else:
         per_case = [evaluate_case(*job) for job in tqdm(jobs, **bar)]

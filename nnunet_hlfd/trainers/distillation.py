@@ -71,9 +71,10 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
     def option_defaults(cls) -> dict:
         return {**super().option_defaults(), **asdict(cls.config)}
 
-    def _read_options(self, configuration: dict) -> dict:
-        options = super()._read_options(configuration)
-        build_config(self.config, options)  # the method's options are refused here, before nnU-Net writes anything
+    @classmethod
+    def checked_options(cls, block: dict) -> dict:
+        options = super().checked_options(block)
+        build_config(cls.config, options)  # the method's options are refused here, before nnU-Net writes anything
         return options
 
     def build_method(self, options: dict) -> DistillationMethod:

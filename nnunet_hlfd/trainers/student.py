@@ -79,20 +79,27 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
     def option_defaults(cls) -> dict:
         return {name: getattr(cls, name) for name in cls.student_option_names()}
 
-    def _read_options(self, configuration: dict) -> dict:
-        block = configuration.get(PLANS_BLOCK, {})
-        defaults = self.option_defaults()
+    @classmethod
+    def checked_options(cls, block: dict) -> dict:
+        """The options of a plans block: the class defaults overridden by the block, every value checked (an
+        OptionError names the key, the value and what is valid). Needs no nnU-Net trainer: the benchmark checks its
+        variants with it before anything is prepared."""
+        defaults = cls.option_defaults()
         unknown = sorted(set(block) - set(defaults) - set(RECORD_KEYS))
         if unknown:
             raise OptionError(
-                f'Unknown option(s) {unknown} in the plans block "{PLANS_BLOCK}" for {type(self).__name__}. '
+                f'Unknown option(s) {unknown} in the plans block "{PLANS_BLOCK}" for {cls.__name__}. '
                 f"Valid options: {sorted(defaults)}."
             )
-        self._options_from_plans = set(block) & set(defaults)
         options = {name: block.get(name, value) for name, value in defaults.items()}
         check_fraction(options["training_fraction"])
         check_student_options(options)
         return options
+
+    def _read_options(self, configuration: dict) -> dict:
+        block = configuration.get(PLANS_BLOCK, {})
+        self._options_from_plans = set(block) & set(self.option_defaults())
+        return self.checked_options(block)
 
     # ---- teacher location --------------------------------------------------------------------------------
     def _output_folder(self, plans: dict, configuration: str, fold) -> Path | None:

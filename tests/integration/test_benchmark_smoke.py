@@ -20,9 +20,11 @@ def test_smoke_profile_end_to_end_in_two_pieces(tmp_path):
     labels = shared_data("kits19")
     work = tmp_path / "work"
     command = [sys.executable, str(SCRIPT), str(labels), "--profile", "smoke", "--work", str(work)]
-    first = subprocess.run([*command, "--time-limit-min", "0"], capture_output=True, text=True)
+    # a piece too short for any job: the data are prepared and kept, and the message says which limit would do
+    first = subprocess.run([*command, "--time-limit-min", "0.001"], capture_output=True, text=True)
     assert first.returncode == 3, first.stdout[-2000:] + first.stderr[-2000:]
-    assert "run the same command again" in first.stderr and "nnUNetv2_plan_and_preprocess" in first.stdout
+    assert "left no room for train teacher fold 0" in first.stderr and "--time-limit-min above" in first.stderr
+    assert "nnUNetv2_plan_and_preprocess" in first.stdout
     assert (work / "test_cases.json").is_file() and not (work / "nnUNet_results").exists()
     variant = ["--variant", "hlfd_t1", "hlfd", '{"temperature": 1.0}']  # an extra row, added in the second piece
     second = subprocess.run(

@@ -3,11 +3,15 @@
 
 import json
 import os
-from dataclasses import replace
+import re
+import shutil
+import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data
 
 from nnunet_hlfd.benchmark import (
     PROFILES,
@@ -24,6 +28,7 @@ from nnunet_hlfd.benchmark import (
     with_rows,
     with_variants,
 )
+from nnunet_hlfd.cli import main
 from nnunet_hlfd.errors import BenchmarkError
 from nnunet_hlfd.splits import check_no_leakage
 from nnunet_hlfd.trainers import TRAINERS
@@ -167,9 +172,17 @@ def test_variants_are_rows_on_a_copy_of_the_plans_and_bad_ones_are_refused(tmp_p
     assert written["configurations"]["2d"]["hlfd"] == {"alpha": 0.5, "temperature": 1, "teacher_plans": "nnUNetPlans"}
     assert written["configurations"]["3d_fullres"] == plans["configurations"]["3d_fullres"]  # otherwise a copy
     harness.write_variant_plans(tmp_path, profile.variants[0])  # the same options: kept
+    # other options before any training used the old ones: taken (it was refused, although nothing had trained)
     changed = with_variants(PROFILES["cpu"], [("hlfd_t1", "hlfd", '{"temperature": 2}')])
-    with pytest.raises(BenchmarkError, match="Give the variant a new name"):
-        Harness(changed, tmp_path, tmp_path / "work").write_variant_plans(tmp_path, changed.variants[0])
+    Harness(changed, tmp_path, tmp_path / "work").write_variant_plans(tmp_path, changed.variants[0])
+    written = json.loads((tmp_path / "nnUNetPlans_hlfd_t1.json").read_text())
+    assert written["configurations"]["2d"]["hlfd"] == {"temperature": 2, "teacher_plans": "nnUNetPlans"}
+    # once a training has used them (a checkpoint in one of its folds), other options are refused
+    started = harness.model_folder(ROWS["hlfd"], "nnUNetPlans_hlfd_t1") / "fold_1"
+    started.mkdir(parents=True)
+    (started / "checkpoint_latest.pth").write_bytes(b"")
+    with pytest.raises(BenchmarkError, match=r"fold_1 trained with the old ones. Give the variant a new name"):
+        Harness(profile, tmp_path, tmp_path / "work").write_variant_plans(tmp_path, profile.variants[0])
 
     for spec, message in [
         (("hlfd", "hlfd", '{"alpha": 1}'), "not a row name"),
@@ -180,6 +193,14 @@ def test_variants_are_rows_on_a_copy_of_the_plans_and_bad_ones_are_refused(tmp_p
         (("x", "hlfd", '{"alpah": 1}'), "keys among"),
         (("x", "student", '{"alpha": 1}'), "keys among"),  # the student alone has no KD options
         (("x", "hlfd", '{"teacher_plans": "other"}'), "keys among"),  # the benchmark's teacher stays
+        # values, as the trainer checks them: refused now, not when the row trains after every teacher fold
+        (
+            ("x", "hlfd", '{"temperature": -1}'),
+            r"nnUNetTrainerHLFD\): .*\"temperature\": -1.0 is not valid: a number > 0",
+        ),
+        (("x", "hlfd", '{"width": 2}'), r"\"width\": 2 is not valid: a number in \(0, 1\]"),
+        (("x", "cwd", '{"weight": "3"}'), r"\"weight\": '3' is not valid: a finite number"),
+        (("x", "student", '{"training_fraction": 0}'), r"training_fraction must be a number in \(0, 1\]"),
     ]:
         with pytest.raises(BenchmarkError, match=message):
             with_variants(PROFILES["cpu"], [spec])
@@ -256,3 +277,111 @@ def test_the_multi_teacher_row_trains_from_the_limit_trained_teachers_of_its_fol
     with pytest.raises(BenchmarkError, match="train student fold 0 failed"):
         harness.train(student)
     assert TEACHERS_ENV not in calls[-1][1]
+
+
+def one_case_labels(tmp_path) -> Path:
+    """A KiTS19 folder of one real label map (copied from ../shared/data)."""
+    labels = tmp_path / "labels"
+    shutil.copytree(shared_data("kits19") / "case_00000", labels / "case_00000")
+    return labels
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--time-limit-min", "0"], "--time-limit-min 0: give a positive number of minutes"),
+        (["--time-limit-min", "-5"], "--time-limit-min -5: give a positive number of minutes"),
+        (["--variant", "hot", "hlfd", '{"temperature": -1}'], "variant hot .*a number > 0"),
+        (["--labels", "nowhere"], "labels folder .*nowhere does not exist"),
+        (["--labels", "garbage"], "segmentation.nii.gz is corrupt"),
+    ],
+    ids=["limit-0", "limit-negative", "variant-value", "no-labels", "not-an-image"],
+)
+def test_benchmark_refuses_before_preparing_anything(tmp_path, capsys, args, message):
+    """Each of these ran on (and wrote a work folder) before: the limit stopped at once forever, the variant after
+    every teacher fold, the labels with a traceback."""
+    labels = one_case_labels(tmp_path)
+    if args[0] == "--labels":
+        labels = tmp_path / args[1]
+        if args[1] == "garbage":
+            (labels / "case_00000").mkdir(parents=True)
+            (labels / "case_00000" / "segmentation.nii.gz").write_text("not an image")
+        args = []
+    with pytest.raises(SystemExit) as exit_:
+        main(["benchmark", str(labels), "--profile", "smoke", "--work", str(tmp_path / "work"), *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and re.search(message, err) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_work_folder_keeps_its_label_source_and_its_record(tmp_path):
+    """Reused with other label maps, the work folder was accepted and its records rewritten while the phantoms
+    stayed the old ones. The check comes before the harness writes anything (profile.json included)."""
+    from nnunet_hlfd.benchmark.phantom import SETTINGS_FILE, label_cases, label_fingerprints
+    from nnunet_hlfd.errors import PhantomError
+
+    labels = one_case_labels(tmp_path)
+    profile = PROFILES["smoke"]
+    work = tmp_path / "work"
+    (work / "phantoms").mkdir(parents=True)
+    record = {**asdict(profile.phantom), "source": str(labels.resolve())}
+    record["labels"] = label_fingerprints(label_cases(labels))
+    (work / "phantoms" / SETTINGS_FILE).write_text(json.dumps(record))
+    (work / "profile.json").write_text("as the first run wrote it")
+    other = tmp_path / "other"
+    shutil.copytree(shared_data("kits19") / "case_00001", other / "case_00001")
+    with pytest.raises(
+        PhantomError,
+        match=r"other label maps .*\(1 cases; 2 differ from, or are not among, the 1 recorded, e.g. case_00000\)",
+    ):
+        Harness(profile, other, work)()
+    assert (work / "profile.json").read_text() == "as the first run wrote it"
+    assert json.loads((work / "phantoms" / SETTINGS_FILE).read_text()) == record
+
+
+def test_a_piece_that_cannot_start_a_job_says_which_limit_would(tmp_path, monkeypatch):
+    """A positive limit too short for any job stopped with "run the same command again", which stopped again."""
+    harness = Harness(PROFILES["smoke"], tmp_path, tmp_path / "work", time_limit_min=1e-6)
+    assert harness.run_jobs() is False
+    assert re.fullmatch(
+        r"the limit of 1e-06 min left no room for train teacher fold 0 \(not measured yet\) after 0.0 min of start-up "
+        r"and preparation: run again with --time-limit-min above 1 \(what was prepared is kept\)",
+        harness.stopped_because,
+    ), harness.stopped_because
+    # a training stopped at the deadline is a piece done: the same command continues it
+    harness = Harness(PROFILES["smoke"], tmp_path, tmp_path / "work", time_limit_min=10)
+    monkeypatch.setattr(harness, "train", lambda job: False)
+    assert harness.run_jobs() is False
+    assert harness.stopped_because.startswith("the limit was reached during train teacher fold 0: run the same")
+
+
+def test_nnunet_commands_are_found_beside_this_python_without_path(tmp_path, monkeypatch, capsys):
+    """`VENV/bin/nnunet_hlfd demo` without the venv on PATH died with FileNotFoundError (and left its folder, then
+    refused as not empty)."""
+    from nnunet_hlfd.errors import MissingCommandError
+    from nnunet_hlfd.runtime import nnunet_command, run_nnunet
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert nnunet_command("nnUNetv2_train") == str(Path(sys.executable).parent / "nnUNetv2_train")
+    code, _ = run_nnunet(["nnUNetv2_train", "-h"], {**os.environ}, tmp_path / "log.txt")
+    assert code == 0 and "usage" in (tmp_path / "log.txt").read_text()
+    assert shutil.which("nnUNetv2_train") is None  # not on PATH: found beside sys.executable
+    # neither beside this Python nor on PATH: refused before the demo or the benchmark writes anything
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    with pytest.raises(MissingCommandError, match="nnUNetv2_train is neither beside .* nor on PATH: install"):
+        nnunet_command("nnUNetv2_train")
+    labels = one_case_labels(tmp_path)
+    for args in (["demo", "--output", str(tmp_path / "demo")],
+                 ["benchmark", str(labels), "--profile", "smoke", "--work", str(tmp_path / "work")]):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 2 and "nnUNetv2_plan_and_preprocess is neither" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "work").exists()
+
+
+def test_benchmark_help_says_what_each_profile_costs(capsys):
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "cpu (default): the documented benchmark, 2D, about 4.5 hours on 2 CPU cores" in help_text
+    assert "--time-limit-min" in help_text and "smoke" in help_text

@@ -477,16 +477,14 @@ def test_an_interrupted_overwrite_is_recovered_by_the_next_run(tmp_path, capsys)
 
 
 def test_pool_workers_end_with_a_killed_parent(tmp_path):
-    """The converter's workers are spawned with exit_with_parent: after a SIGKILL of the parent they end."""
+    """The workers of worker_pool (the converter's and evaluate's) end after a SIGKILL of their parent."""
     script = tmp_path / "parent.py"
     script.write_text(
         "import sys, time\n"
-        "from concurrent.futures import ProcessPoolExecutor\n"
-        "from multiprocessing import get_context\n"
-        "from nnunet_hlfd.conversion.core import exit_with_parent\n"
+        "from nnunet_hlfd.workers import worker_pool\n"
         "import os\n"
         "if __name__ == '__main__':\n"
-        "    pool = ProcessPoolExecutor(2, mp_context=get_context('spawn'), initializer=exit_with_parent)\n"
+        "    pool = worker_pool(2)\n"
         "    futures = [pool.submit(time.sleep, 600) for _ in range(2)]\n"
         "    time.sleep(5)\n"
         "    print(' '.join(str(p) for p in pool._processes), flush=True)\n"

@@ -3,6 +3,7 @@ compute what the results folder computes, and every refusal (before anything is 
 2D and 3D, labels and regions, runs in the integration tests (``assert_bundle_predicts_like``)."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -166,3 +167,180 @@ def test_bundle_refusals_name_the_fix(exported, tmp_path, capsys):
             main(["predict", str(source), "-i", str(images), "-o", str(tmp_path / "out"), "-device", "cpu"])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def export_cli(results, output, *extra) -> int:
+    """`nnunet_hlfd export RESULTS -f 0 -o OUTPUT ...`'s exit code (0 when it wrote the bundle)."""
+    try:
+        main(["export", str(results), "-f", "0", "-o", str(output), *extra])
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+def snapshot(folder) -> dict:
+    """Every file below ``folder`` with its bytes: what must survive a refused command."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_refuses_everything_but_a_bundle_and_leaves_it_untouched(exported, tmp_path, monkeypatch, capsys):
+    """The probes that deleted data (exit 0): -o $nnUNet_results, a teacher's results folder, '..', '.', a user's
+    folder, a file, a bundle holding the user's file. Each is refused, exit 2, and every sentinel file survives."""
+    results, bundle = exported
+    nnunet_results = tmp_path / "nnUNet_results"
+    (nnunet_results / "Dataset001_Other" / "model").mkdir(parents=True)
+    (nnunet_results / "Dataset001_Other" / "model" / "sentinel.txt").write_text("a trained model")
+    monkeypatch.setenv("nnUNet_results", str(nnunet_results))
+    teacher = tmp_path / "teacher_results"
+    shutil.copytree(results, teacher)
+    users = tmp_path / "users_folder"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("mine")
+    bundle_with_extra = tmp_path / "bundle_with_extra"
+    shutil.copytree(bundle, bundle_with_extra)
+    (bundle_with_extra / "fold_0" / "my_notes.txt").write_text("mine")
+    holds_the_model = results.parent  # a folder around the model being exported
+    work = tmp_path / "work" / "sub"
+    work.mkdir(parents=True)
+    before = {p: snapshot(p) for p in (nnunet_results, teacher, users, bundle_with_extra, holds_the_model)}
+
+    monkeypatch.chdir(work)
+    for output, message in (
+        (nnunet_results, "one of nnU-Net's folders"),
+        (teacher, "it is an nnU-Net results folder"),
+        (users, "holds no bundle.json but notes.txt"),
+        (a_file, "is a file"),
+        (bundle_with_extra, r"holds files a bundle does not \(fold_0/my_notes.txt\)"),
+        (holds_the_model, "holds the model being exported"),
+        (work, "the current directory"),
+        (work.parent, "the current directory"),  # -o ..
+    ):
+        assert export_cli(results, output, "--overwrite") == 2, output
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and str(output) in err, err
+        assert re.search(message, err), err
+    assert {p: snapshot(p) for p in before} == before and a_file.read_text() == "mine"
+    assert not list(tmp_path.rglob(".partial*")) and not list(tmp_path.rglob(".replaced*"))
+
+    # a bundle is replaced, written beside and renamed, nothing left over
+    replaced = tmp_path / "replaced"
+    shutil.copytree(bundle, replaced)
+    old = json.loads((replaced / MANIFEST).read_text())["created"]
+    (replaced / MANIFEST).write_text((replaced / MANIFEST).read_text().replace(old, "then"))
+    assert export_cli(results, replaced, "--overwrite") == 0
+    manifest = read_bundle(replaced)
+    assert manifest["folds"] == ["0"] and manifest["created"] != "then"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_export_refuses_a_truncated_checkpoint_with_its_name(exported, tmp_path, capsys):
+    results, _ = exported
+    damaged = tmp_path / "damaged"
+    shutil.copytree(results, damaged)
+    checkpoint = damaged / "fold_0" / CHECKPOINT
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    assert export_cli(damaged, tmp_path / "b") == 2
+    err = capsys.readouterr().err
+    assert f"{checkpoint} cannot be read as a PyTorch checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".partial*"))
+    # below a file: refused as well, before anything is written
+    (tmp_path / "a_file").write_text("")
+    assert export_cli(results, tmp_path / "a_file" / "bundle") == 2
+    assert "a_file is a file" in capsys.readouterr().err
+
+
+def test_every_bundle_file_is_hashed_and_checked(exported, tmp_path, capsys):
+    """An edited intensity mean in plans.json changed 19 % of the voxels with exit code 0; a missing or garbled
+    file gave a traceback. Now each is refused with the file named."""
+    _, bundle = exported
+    manifest = read_bundle(bundle)
+    on_disk = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()} - {MANIFEST}
+    assert set(manifest["files"]) == on_disk and len(on_disk) == 6
+
+    def copy(name):
+        target = tmp_path / name
+        shutil.copytree(bundle, target)
+        return target
+
+    edited = copy("edited")
+    plans = json.loads((edited / "plans.json").read_text())
+    properties = plans["foreground_intensity_properties_per_channel"]["0"]
+    properties["mean"] = properties["mean"] + 10
+    (edited / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(DeployError, match=r"plans.json is not the exported file \(its sha256 differs"):
+        read_bundle(edited)
+    missing = copy("missing")
+    (missing / "dataset.json").unlink()
+    with pytest.raises(DeployError, match=r"dataset.json is missing"):
+        read_bundle(missing)
+    checkpoint = copy("checkpoint")
+    (checkpoint / "fold_1" / CHECKPOINT).write_bytes(b"0")
+    with pytest.raises(DeployError, match="fold_1/checkpoint_final.pth is not the exported file"):
+        read_bundle(checkpoint)
+    read_bundle(checkpoint, ["0"])  # fold 1 is not used
+    garbled = copy("garbled")
+    (garbled / MANIFEST).write_text('{"format": 2, "folds": [')
+    with pytest.raises(DeployError, match="bundle.json is not JSON"):
+        read_bundle(garbled)
+    (garbled / MANIFEST).write_text('{"format": 2}')
+    with pytest.raises(DeployError, match="is not a bundle manifest"):
+        read_bundle(garbled)
+    old = copy("old")
+    legacy = json.loads((old / MANIFEST).read_text())
+    del legacy["files"]
+    (old / MANIFEST).write_text(json.dumps({**legacy, "format": 1}))
+    with pytest.raises(DeployError, match="older nnunet_hlfd export .* export it again"):
+        read_bundle(old)
+    with pytest.raises(DeployError, match="a fold is given twice"):
+        read_bundle(bundle, ["0", "0"])
+    # through the command line: one line, exit code 2
+    for source, folds in ((edited, ["0"]), (garbled, ["0"]), (bundle, ["0", "0"])):
+        with pytest.raises(SystemExit) as exit_:
+            main(["predict", str(source), "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-f", *folds])
+        assert exit_.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def write_image(path, shape=(12, 20, 20)) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+OUT = "out"  # the output folder beside the images, unless a case says otherwise
+
+
+@pytest.mark.parametrize(
+    "break_it, output, message",
+    [
+        (lambda i: cut_in_half(i / "case_b_0000.nii.gz"), OUT, r"case_b_0000.nii.gz is (truncated|corrupt)"),
+        (lambda i: write_image(i / "case_b_0001.nii.gz"), OUT, r"case case_b .* has the channel files .* takes 1 "),
+        (lambda i: write_image(i / "case_a.nii.gz"), OUT, r"not named CASE_XXXX.nii.gz .* predictions written"),
+        (lambda i: None, "images", "is the input folder"),
+        (lambda i: None, "images/case_a_0000.nii.gz/out", r"cannot be a folder \(.* is a file\)"),
+    ],
+    ids=["truncated", "two-channels", "prediction-among-inputs", "o-is-i", "o-below-a-file"],
+)
+def test_predict_refuses_inputs_it_would_segment_wrongly_before_writing(
+    exported, tmp_path, capsys, break_it, output, message
+):
+    _, bundle = exported
+    images = tmp_path / "images"
+    images.mkdir()
+    for case in ("a", "b"):
+        write_image(images / f"case_{case}_0000.nii.gz")
+    break_it(images)
+    before = snapshot(images)
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(bundle), "-i", str(images), "-o", str(tmp_path / output), "-device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and re.search(message, err) and len(err.strip().splitlines()) == 1, err
+    assert snapshot(images) == before and not (tmp_path / OUT).exists()
+
+
+def cut_in_half(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])

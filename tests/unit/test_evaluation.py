@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import re
+import shutil
 import subprocess
 import warnings
 
@@ -262,7 +263,13 @@ def test_ignore_label_voxels_count_for_neither_mask(tmp_path):
     assert summary["classes"]["organ"]["metrics"]["Dice"]["mean"] == 1.0
 
 
-def test_evaluate_finds_dataset_json_beside_the_labels_and_runs_in_workers(tmp_path):
+def test_evaluate_finds_dataset_json_beside_the_labels_and_runs_in_workers(tmp_path, monkeypatch):
+    """Its workers come from worker_pool, whose workers end with a killed parent (test_conversion.py)."""
+    from nnunet_hlfd.evaluation import evaluate as evaluate_module
+    from nnunet_hlfd.workers import worker_pool
+
+    pools = []
+    monkeypatch.setattr(evaluate_module, "worker_pool", lambda n: pools.append(n) or worker_pool(n))
     raw = tmp_path / "Dataset001_X"
     pred, ref = three_cases(raw)
     (raw / "labelsTs").mkdir()
@@ -270,7 +277,7 @@ def test_evaluate_finds_dataset_json_beside_the_labels_and_runs_in_workers(tmp_p
         f.rename(raw / "labelsTs" / f.name)
     serial = evaluate_folder(pred, raw / "labelsTs", output=tmp_path / "serial", progress=False)
     parallel = evaluate_folder(pred, raw / "labelsTs", output=tmp_path / "parallel", num_processes=2, progress=False)
-    assert serial["classes"] == parallel["classes"]
+    assert serial["classes"] == parallel["classes"] and pools == [2]
     assert serial["dataset_json"] == str((raw / "dataset.json").resolve())
 
 
@@ -486,6 +493,28 @@ def test_no_gap_recovered_where_teacher_and_student_are_tied(tmp_path):
     markdown = format_markdown(rows, "student", "teacher")
     assert "No gap recovered for Dice, VOE, ASSD (mm), NSD: teacher and student are tied within noise" in markdown
     assert r"No gap recovered for \|RVD\|: the teacher is not better than the student." in markdown
+
+
+def test_compare_refuses_one_evaluation_given_twice_in_a_run(tmp_path, capsys):
+    """`student=X,X` counted one evaluation as two repeats ("± 0.000"); a copy of it would do the same."""
+    x = per_case_csv(tmp_path / "x", {"a": 0.5, "b": 0.6})
+    shutil.copytree(x, tmp_path / "copy")
+    y = per_case_csv(tmp_path / "y", {"a": 0.55, "b": 0.6})
+    with pytest.raises(EvaluationError, match=r"run student: .*x/metrics_per_case.csv is .*x/metrics_per_case.csv"):
+        load_run("student", [x, x / PER_CASE_FILE])
+    with pytest.raises(EvaluationError, match="has the same contents as .* one evaluation would count as two"):
+        load_run("student", [x, tmp_path / "copy"])
+    assert len(load_run("student", [x, y]).sources) == 2
+    output = tmp_path / "a_file"
+    output.write_text("")
+    for args in (["student=" + f"{x},{x}"], [f"student={x}", "-o", str(output)]):
+        with pytest.raises(SystemExit) as exit_code:
+            main(["compare", *args])
+        assert exit_code.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_code:  # evaluate's -o as well, before anything is computed
+        main(["evaluate", str(x), str(y), "-o", str(output / "sub")])
+    assert exit_code.value.code == 2 and "a_file is a file" in capsys.readouterr().err
+    assert output.read_text() == ""
 
 
 def test_compare_refuses_runs_it_cannot_pair(tmp_path):

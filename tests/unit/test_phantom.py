@@ -102,6 +102,19 @@ def test_folder_is_written_once_resumed_and_refused_with_other_settings(tmp_path
     assert json.loads((out / "phantom_settings.json").read_text())["in_plane_mm"] == 3.0
     with pytest.raises(PhantomError, match="other settings"):
         write_phantoms(source, out, PhantomSettings(in_plane_mm=2.0), max_cases=2, progress=False)
+    # other label maps: refused, the record kept (it was rewritten with the new source, the phantoms the old ones)
+    record = (out / "phantom_settings.json").read_text()
+    assert set(json.loads(record)["labels"]) == {"case_00000", "case_00001"}
+    with pytest.raises(PhantomError, match="holds phantoms of other label maps"):
+        write_phantoms(shared_data("kits23"), out, SETTINGS, max_cases=2, progress=False)
+    assert (out / "phantom_settings.json").read_text() == record
+    # a record from before the fingerprints is judged by its source path, and gains them
+    legacy = {k: v for k, v in json.loads(record).items() if k != "labels"}
+    (out / "phantom_settings.json").write_text(json.dumps(legacy))
+    with pytest.raises(PhantomError, match="holds phantoms of other label maps"):
+        write_phantoms(shared_data("kits23"), out, SETTINGS, max_cases=2, progress=False)
+    write_phantoms(source, out, SETTINGS, max_cases=2, progress=False)
+    assert json.loads((out / "phantom_settings.json").read_text()) == json.loads(record)
     with pytest.raises(PhantomError, match="no case_XXXXX"):
         write_phantoms(tmp_path / "phantoms" / "case_00000", tmp_path / "other", SETTINGS, progress=False)
     plot_phantom_samples(out, ["case_00000", "case_00001"], tmp_path / "samples.png")
