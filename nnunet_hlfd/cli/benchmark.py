@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(PROFILES),
         default="cpu",
         help="cpu (default): the documented benchmark, 2D, about 4.5 hours on 2 CPU cores (use --time-limit-min to "
-        "run it in pieces); gpu: 3d_fullres on one H100-class GPU, many hours; smoke: about 3 minutes, numbers that "
-        "mean nothing (checks that the harness runs)",
+        "run it in pieces); gpu: 3d_fullres on one H100-class GPU, many hours; smoke: a few minutes, numbers that mean "
+        "nothing (checks that the harness runs)",
     )
     parser.add_argument("--work", type=Path, required=True, help="working folder (nnU-Net folders, logs, report)")
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), help="compare these rows (default: the profile's)")
