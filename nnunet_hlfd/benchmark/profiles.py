@@ -30,6 +30,14 @@ ROWS = {
     "hlfd_concatenated_feedback": "nnUNetTrainerHLFD_concatenated_feedback",
     "multi_teacher": "nnUNetTrainerMultiTeacher",
     "multi_scale_contrastive": "nnUNetTrainerMultiScaleContrastive",
+    # weight inheritance: the student starts from its teacher's weights (nnunet_hlfd.inheritance)
+    "student_init": "nnUNetTrainerStudent_init",
+    "hlfd_init": "nnUNetTrainerHLFD_init",
+    "cwd_init": "nnUNetTrainerCWD_init",
+    "at_init": "nnUNetTrainerAT_init",
+    "student_w025": "nnUNetTrainerStudent_w025",
+    "student_w025_init": "nnUNetTrainerStudent_w025_init",
+    "hlfd_w025_init": "nnUNetTrainerHLFD_w025_init",
 }
 REFERENCE_ROWS = ("teacher", "student")
 TEACHER_ROWS = ("teacher", "limit-trained teacher")

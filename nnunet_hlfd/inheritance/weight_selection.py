@@ -255,5 +255,10 @@ def inherit_weights(teacher: nn.Module, student: nn.Module, importance: str = "l
         raise InheritanceError(
             f"no teacher weights selected for {missed[:5]}: an architecture this selection does not know"
         )
-    widths = {group: [int(len(k)), _group_width(graph, group)] for group, k in kept.items()}
-    return {"importance": importance, "groups": len(kept), "kept_per_group": widths}
+    return {
+        "importance": importance,
+        "groups": len(kept),
+        # per group (named after one of its spaces): the teacher's channels kept, of how many
+        "kept_channels": {group: k.tolist() for group, k in kept.items()},
+        "teacher_channels": {group: _group_width(graph, group) for group in kept},
+    }

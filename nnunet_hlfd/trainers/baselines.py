@@ -39,6 +39,12 @@ class nnUNetTrainerAT(nnUNetTrainerDistillation):
     config = AttentionTransferConfig()
 
 
+class nnUNetTrainerAT_init(nnUNetTrainerAT):
+    """Attention transfer on a student that starts from its teacher's weights."""
+
+    init = "teacher"
+
+
 class nnUNetTrainerAT_p4(nnUNetTrainerAT):
     """Attention transfer, p = 4 (the medical KD codes)."""
 
@@ -57,6 +63,12 @@ class nnUNetTrainerCWD(nnUNetTrainerDistillation):
 
     method_class = ChannelWiseDistillation
     config = CWDConfig()
+
+
+class nnUNetTrainerCWD_init(nnUNetTrainerCWD):
+    """Channel-wise distillation on a student that starts from its teacher's weights."""
+
+    init = "teacher"
 
 
 class nnUNetTrainerStructuredKD(nnUNetTrainerDistillation):

@@ -21,12 +21,11 @@ from torch import autocast
 from nnunet_hlfd.adapters import count_parameters
 from nnunet_hlfd.capture import unwrap
 from nnunet_hlfd.errors import OptionError, TeacherMismatchError
-from nnunet_hlfd.files import replaced_atomically
 from nnunet_hlfd.methods import DistillationMethod, Distiller
 from nnunet_hlfd.methods.base import by_decoder_stage, valid_masks
 from nnunet_hlfd.plots import plot_training_curves
 from nnunet_hlfd.runtime import FINAL_CHECKPOINT, OVERWRITE_ENV, TEACHER_RECORD_FILE
-from nnunet_hlfd.teacher import TeacherSpec, read_and_check_teachers, read_teacher_json
+from nnunet_hlfd.teacher import read_teacher_json
 from nnunet_hlfd.trainers.option_checks import build_config
 from nnunet_hlfd.trainers.student import nnUNetTrainerStudent
 
@@ -117,19 +116,8 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
         self.kd_log_keys = [f"kd_{name}" for name in self.method.term_names] + ["kd_total"]
         self._add_log_keys()
 
-    def _teacher_configuration(
-        self, spec: TeacherSpec, plans: dict, configuration: str, own: dict, dataset_json: dict, fold
-    ) -> dict:
-        # every teacher read and checked before anything is written
-        self.teacher_models = read_and_check_teachers(
-            self.teacher_specs, plans, own, dataset_json, fold, self.many_teachers
-        )
-        self.derived_from = str(Path(spec.model_folder) / "plans.json")
-        return self.teacher_models[0].configuration_dict()
-
-    def _plans_record(self) -> dict:
-        used = [teacher.spec.as_record() for teacher in self.teacher_models]
-        return {**super()._plans_record(), "teacher_used": used[0] if len(used) == 1 else used}
+    def _reads_teachers(self) -> bool:
+        return True
 
     # ---- set-up --------------------------------------------------------------------------------------------
     def _do_i_compile(self) -> bool:
@@ -262,28 +250,21 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
         )
 
     # ---- checkpoints -------------------------------------------------------------------------------------
-    def save_checkpoint(self, filename: str) -> None:
-        if self.local_rank != 0 or self.disable_checkpointing:
-            return super().save_checkpoint(filename)
-        # One complete file or none: nnU-Net's checkpoint is written under a temporary name, completed with the
-        # distillation state there and only then renamed (a kill between two writes to ``filename`` used to leave
-        # a checkpoint without adapters, which --c then refused).
-        with replaced_atomically(Path(filename)) as partial:
-            super().save_checkpoint(str(partial))
-            self._add_distillation_state(partial)
-
-    def _add_distillation_state(self, filename: Path) -> None:
-        # nnU-Net's checkpoint plus one key; network_weights stays student-only so stock predict loads it
-        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+    def _checkpoint_extras(self) -> dict:
         adapters = unwrap(self.distiller.adapters) if self.distiller.adapters is not None else None
-        checkpoint[CHECKPOINT_KEY] = {
-            "method": self.method.name,
-            "options": self.hlfd_options,
-            "teacher": self.teacher_models[0].record(),
-            "teachers": [teacher.record() for teacher in self.teacher_models],
-            "adapters": adapters.state_dict() if adapters is not None else None,
+        return {
+            **super()._checkpoint_extras(),
+            CHECKPOINT_KEY: {
+                "method": self.method.name,
+                "options": self.hlfd_options,
+                "teacher": self.teacher_models[0].record(),
+                "teachers": [teacher.record() for teacher in self.teacher_models],
+                "adapters": adapters.state_dict() if adapters is not None else None,
+            },
         }
-        torch.save(checkpoint, filename)
+
+    def _inheritance_teacher(self) -> torch.nn.Module:
+        return self.distiller.teacher  # built and frozen already
 
     def load_checkpoint(self, filename_or_checkpoint: str | dict) -> None:
         if not self.teacher_models:  # --val of a finished student: the student's weights are all it needs

@@ -26,6 +26,18 @@ class nnUNetTrainerHLFD_w025(nnUNetTrainerHLFD):
     width = 0.25
 
 
+class nnUNetTrainerHLFD_init(nnUNetTrainerHLFD):
+    """HLFD on a half-width student that starts from its teacher's weights (weight inheritance, then distillation)."""
+
+    init = "teacher"
+
+
+class nnUNetTrainerHLFD_w025_init(nnUNetTrainerHLFD_w025):
+    """HLFD on a quarter-width student that starts from its teacher's weights."""
+
+    init = "teacher"
+
+
 class nnUNetTrainerHLFD_f050(nnUNetTrainerHLFD):
     """HLFD with the student trained on half of the fold's training cases (the teacher saw all of them), as in
     multi-scale contrastive KD's 50 % setting."""

@@ -12,11 +12,13 @@ from dataclasses import fields
 from typing import Any
 
 from nnunet_hlfd.errors import OptionError
+from nnunet_hlfd.inheritance import IMPORTANCES
 from nnunet_hlfd.runtime import PLANS_BLOCK, SCHEDULE_KEY
 
 # hyper-parameters by name: loss weights may be 0 (the term is off), scales must be positive
 NON_NEGATIVE = ("alpha", "beta", "weight")
 POSITIVE = ("temperature", "exponent", "anchors_per_class", "pool_scale")
+INITS = ("random", "teacher")  # a student's start: random weights, or selected from its teacher's
 
 
 def refuse(name: str, value: Any, valid: str) -> OptionError:
@@ -88,6 +90,10 @@ def check_student_options(options: dict) -> None:
             raise refuse(name, options[name], "a non-empty string")
     if not _is_whole(options["fraction_seed"]):
         raise refuse("fraction_seed", options["fraction_seed"], "a whole number")
+    if options["init"] not in INITS:
+        raise refuse("init", options["init"], 'one of "random" (the default) or "teacher" (weight inheritance)')
+    if options["init_importance"] not in IMPORTANCES:
+        raise refuse("init_importance", options["init_importance"], f"one of {list(IMPORTANCES)}")
 
 
 SCHEDULE_FIELDS = {"epochs": 1, "iterations": 1, "val_iterations": 1}  # whole numbers, at least this

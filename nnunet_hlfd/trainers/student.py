@@ -18,10 +18,12 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunet_hlfd.adapters import count_parameters
 from nnunet_hlfd.capture import unwrap
 from nnunet_hlfd.errors import OptionError
+from nnunet_hlfd.files import replaced_atomically
+from nnunet_hlfd.inheritance import inherit_weights
 from nnunet_hlfd.planning import check_stage_alignment, derive_student_architecture, student_configuration
 from nnunet_hlfd.runtime import PLANS_BLOCK, TEACHER_RECORD_FILE, model_folder
 from nnunet_hlfd.splits import TRAINING_CASES_FILE, check_fraction, training_subset
-from nnunet_hlfd.teacher import TeacherSpec, read_teacher_json, resolve_teachers
+from nnunet_hlfd.teacher import TeacherSpec, read_and_check_teachers, read_teacher_json, resolve_teachers
 from nnunet_hlfd.trainers.option_checks import check_student_options
 from nnunet_hlfd.trainers.planned_schedule import PlannedSchedule
 
@@ -36,7 +38,10 @@ STUDENT_OPTIONS = (
     "teacher_checkpoint",
     "training_fraction",
     "fraction_seed",
+    "init",
+    "init_importance",
 )
+INHERITANCE_KEY = "hlfd_inheritance"  # the checkpoint's record of the weights a student started from
 
 
 class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
@@ -55,6 +60,9 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
     teacher_checkpoint: str = "checkpoint_final.pth"
     training_fraction: float = 1.0  # train on this seeded share of the fold's training cases (the teacher: all)
     fraction_seed: int = 0
+    # "teacher": start from the teacher's weights (weight inheritance, nnunet_hlfd.inheritance), then train as usual
+    init: str = "random"
+    init_importance: str = "l1"  # how the channels a student keeps are chosen: l1 (filter norm) or norm_scale
     many_teachers = False  # True: several teachers (multi-teacher KD), located and checked together
     fold_ensemble = False  # True: by default, every trained fold of the teacher model (a student of fold 'all')
     extra_options: tuple[str, ...] = ()  # options of a subclass beyond STUDENT_OPTIONS (class attributes)
@@ -126,14 +134,25 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
             self.fold_ensemble,
         )
 
+    def _reads_teachers(self) -> bool:
+        """Does this run need its teacher(s) read and checked (weights included)? The student alone only to inherit."""
+        return self.hlfd_options["init"] == "teacher"
+
     def _teacher_configuration(
         self, spec: TeacherSpec, plans: dict, configuration: str, own: dict, dataset_json: dict, fold
     ) -> dict:
         """The configuration the student is derived from: the teacher's, read from its results plans.json.
 
-        The baseline needs no trained teacher: without one it derives the student from its own configuration,
-        which is what a default-layout teacher is trained with.
+        The baseline needs no trained teacher unless it inherits its weights: without one it derives the student
+        from its own configuration, which is what a default-layout teacher is trained with.
         """
+        if self._reads_teachers():
+            # every teacher read and checked before anything is written
+            self.teacher_models = read_and_check_teachers(
+                self.teacher_specs, plans, own, dataset_json, fold, self.many_teachers
+            )
+            self.derived_from = str(Path(spec.model_folder) / "plans.json")
+            return self.teacher_models[0].configuration_dict()
         plans_file = Path(spec.model_folder) / "plans.json"
         if not plans_file.is_file():
             self.derived_from = f"its own configuration {configuration} (no teacher plans at {plans_file})"
@@ -150,6 +169,7 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
     def _student_plans(self, plans: dict, configuration: str, fold, dataset_json: dict) -> dict:
         own = PlansManager(plans).get_configuration(configuration).configuration
         self.hlfd_options = self._read_options(own)
+        self.teacher_models = []
         self.teacher_specs = self._teacher_specs(plans, configuration, fold)
         self.teacher_spec = self.teacher_specs[0]  # the student is derived from the (first) teacher's plan
         reference = self._teacher_configuration(self.teacher_spec, plans, configuration, own, dataset_json, fold)
@@ -164,7 +184,11 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
 
     def _plans_record(self) -> dict:
         """What the results plans.json records about how this student was made."""
-        return {**self.hlfd_options, "derived_from": self.derived_from}
+        record = {**self.hlfd_options, "derived_from": self.derived_from}
+        if self.teacher_models:
+            used = [teacher.spec.as_record() for teacher in self.teacher_models]
+            record["teacher_used"] = used[0] if len(used) == 1 else used
+        return record
 
     # ---- training cases ----------------------------------------------------------------------------------
     def do_split(self) -> tuple[list[str], list[str]]:
@@ -191,6 +215,58 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
         self._after_network_built()
         self.print_to_log_file(self._parameter_report())
 
+    # ---- weight inheritance ------------------------------------------------------------------------------
+    inheritance_record: dict | None = None  # the teacher and the selection the weights came from
+    resumed = False  # True once a checkpoint of this student was loaded (--c): it is not inherited again
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.hlfd_options["init"] == "teacher" and not self.resumed:
+            self._inherit_from_teacher()
+
+    def _inheritance_teacher(self) -> torch.nn.Module:
+        """The trained network the weights are selected from: the (first) teacher, built on the CPU."""
+        return self.teacher_models[0].build_network(torch.device("cpu"))
+
+    def _inherit_from_teacher(self) -> None:
+        teacher = self.teacher_models[0]
+        record = inherit_weights(
+            self._inheritance_teacher(), self.student_network(), self.hlfd_options["init_importance"]
+        )
+        self.inheritance_record = {"teacher": teacher.record(), **record}
+        self.print_to_log_file(
+            f"Weight inheritance: the student starts from the weights of {teacher.spec.describe()}, "
+            f"{record['groups']} channel groups kept by {record['importance']} importance"
+        )
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    def _checkpoint_extras(self) -> dict:
+        """Keys this package adds to nnU-Net's checkpoint (network_weights stays the student's alone, so that stock
+        nnU-Net predicts from it)."""
+        return {INHERITANCE_KEY: self.inheritance_record} if self.inheritance_record else {}
+
+    def save_checkpoint(self, filename: str) -> None:
+        extras = self._checkpoint_extras()
+        if self.local_rank != 0 or self.disable_checkpointing or not extras:
+            return super().save_checkpoint(filename)
+        # One complete file or none: nnU-Net's checkpoint is written under a temporary name, completed there and
+        # only then renamed (a kill between two writes to ``filename`` would leave a checkpoint without them).
+        with replaced_atomically(Path(filename)) as partial:
+            super().save_checkpoint(str(partial))
+            checkpoint = torch.load(partial, map_location="cpu", weights_only=False)
+            checkpoint.update(extras)
+            torch.save(checkpoint, partial)
+
+    def load_checkpoint(self, filename_or_checkpoint: str | dict) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        self.resumed = True
+        checkpoint = (
+            filename_or_checkpoint
+            if isinstance(filename_or_checkpoint, dict)
+            else torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
+        )
+        self.inheritance_record = checkpoint.get(INHERITANCE_KEY)  # kept in the checkpoints to come
+
     def _after_network_built(self) -> None:
         """Subclasses attach what lives beside the student (the teacher) here."""
 
@@ -211,3 +287,16 @@ class nnUNetTrainerStudent_f050(nnUNetTrainerStudent):
     """The student alone on half of the fold's training cases (baseline of nnUNetTrainerHLFD_f050)."""
 
     training_fraction = 0.5
+
+
+class nnUNetTrainerStudent_init(nnUNetTrainerStudent):
+    """The half-width student alone, starting from its teacher's weights (weight inheritance): the baseline every
+    KD method that also inherits must beat."""
+
+    init = "teacher"
+
+
+class nnUNetTrainerStudent_w025_init(nnUNetTrainerStudent_w025):
+    """The quarter-width student alone, starting from its teacher's weights."""
+
+    init = "teacher"

@@ -154,3 +154,76 @@ def test_a_training_past_the_harness_deadline_stops_after_its_epoch_and_resumes(
     assert all(np.isfinite(v) and v > 0 for v in final["logging"]["kd_total"])
     log = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert log.count("past the deadline, stopping after epoch 1") == 1
+
+
+def inheriting_plans(env: dict, name: str, epochs: int = 1, **options) -> str:
+    """A copy of the one-epoch plans whose students start from the teacher's weights (the teacher stays the one of
+    the shared plans)."""
+    preprocessed = Path(env["nnUNet_preprocessed"]) / DATASET
+    plans = json.loads((preprocessed / f"{PLANS}.json").read_text())
+    configuration = plans["configurations"][CONFIG]
+    configuration["hlfd"] = {**configuration["hlfd"], "init": "teacher", "teacher_plans": PLANS, **options}
+    configuration["hlfd_schedule"] = {**ONE_EPOCH, "epochs": epochs}
+    plans["plans_name"] = name
+    (preprocessed / f"{name}.json").write_text(json.dumps(plans))
+    return name
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerStudent", "nnUNetTrainerHLFD", "nnUNetTrainerMultiTeacher"])
+def test_a_full_width_student_that_inherits_starts_as_its_teacher(env, name):
+    """init "teacher" at width 1: before the first step the student is the teacher, weight for weight (the student
+    alone loads the teacher for it; a KD trainer selects from its frozen teacher; multi-teacher from the first)."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    plans = inheriting_plans(env, "nnUNetPlansInheritFullWidth", width=1.0)
+    with nnunet_variables(env):
+        trainer = get_trainer_from_args(str(DATASET_ID), CONFIG, 0, name, plans, device=torch.device("cpu"))
+        trainer.on_train_start()
+    teacher = torch.load(model_folder(env, TEACHER, PLANS) / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    student = trainer.student_network().state_dict()
+    assert student.keys() == teacher["network_weights"].keys()
+    assert all(torch.equal(student[k], v) for k, v in teacher["network_weights"].items())
+    assert trainer.inheritance_record["teacher"]["sha256"] == trainer.teacher_models[0].sha256
+
+
+def test_an_inherited_student_records_its_teacher_and_resumes_from_its_own_checkpoint(pipeline, env, monkeypatch):
+    from nnunet_hlfd.trainers import student as student_module
+    from nnunet_hlfd.trainers.student import INHERITANCE_KEY
+
+    name, plans = "nnUNetTrainerStudent", inheriting_plans(env, "nnUNetPlansInherit", epochs=2)
+    fold = model_folder(env, name, plans) / "fold_0"
+    with pytest.raises(SystemExit) as stopped:
+        train(env, name, plans, **{STOP_AFTER_EPOCH_ENV: "1"})  # after epoch 0
+    assert stopped.value.code == INTERRUPTED_EXIT_CODE
+    latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    record = latest[INHERITANCE_KEY]
+    assert record["importance"] == "l1" and record["teacher"]["sha256"]
+    assert "Weight inheritance: the student starts from the weights of" in "".join(
+        p.read_text() for p in fold.glob("training_log_*.txt")
+    )
+    # --c resumes from the student's own checkpoint: the teacher's weights are not selected again
+    monkeypatch.setattr(student_module, "inherit_weights", lambda *a: pytest.fail("inherited again on --c"))
+    resumed = train(env, name, plans, continue_training=True)
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2 and final[INHERITANCE_KEY] == record and resumed.resumed
+    recorded = json.loads((fold.parent / "plans.json").read_text())["configurations"][CONFIG]["hlfd"]
+    assert recorded["init"] == "teacher" and recorded["init_importance"] == "l1"
+    assert Path(recorded["teacher_used"]["model_folder"]) == model_folder(env, TEACHER, PLANS)
+    # prediction needs neither the teacher nor this package's record
+    shutil.move(model_folder(env, TEACHER, PLANS), model_folder(env, TEACHER, PLANS).with_name("moved"))
+    try:
+        segmentation = predict_one_case(fold.parent, Path(pipeline["nnUNet_raw"]) / DATASET)
+    finally:
+        shutil.move(model_folder(env, TEACHER, PLANS).with_name("moved"), model_folder(env, TEACHER, PLANS))
+    assert segmentation.shape == (16, 32, 32)
+
+
+def test_inheritance_options_are_checked_before_anything_is_written(env):
+    from nnunet_hlfd.errors import OptionError
+
+    for options, message in (({"init": "pretrained"}, '"init": \'pretrained\''),
+                             ({"init_importance": "taylor"}, '"init_importance": \'taylor\'')):  # fmt: skip
+        plans = inheriting_plans(env, "nnUNetPlansInheritBad", **options)
+        with pytest.raises(OptionError, match=message):
+            train(env, "nnUNetTrainerStudent", plans)
+        assert not model_folder(env, "nnUNetTrainerStudent", plans).exists()

@@ -98,6 +98,7 @@ def test_a_slim_student_holds_the_selected_teacher_weights_and_loads_strictly(di
         decoder_first.teacher.conv.weight[:, columns][kept[graph.find(decoder_first.writes)]],
     )
     assert record["importance"] == "l1" and record["groups"] == len(kept)
+    assert record["kept_channels"] == {group: k.tolist() for group, k in kept.items()}
 
 
 def test_residual_streams_are_one_group_and_skips_keep_their_channels():
