@@ -35,6 +35,10 @@ def under(modules: set[str], *packages: str) -> list[str]:
             "nnunet_hlfd.methods",
             ("nnunetv2.training", "nnunet_hlfd.teacher", "nnunet_hlfd.trainers", "nnunet_hlfd.evaluation"),
         ),
+        (
+            "nnunet_hlfd.inheritance",
+            ("nnunetv2.training", "nnunet_hlfd.teacher", "nnunet_hlfd.trainers", "nnunet_hlfd.evaluation"),
+        ),
         # the runtime contract: cheap to read for the harness, the demo and the tests
         ("nnunet_hlfd.runtime", ("nnunetv2.training", "torch", "nnunet_hlfd.trainers", "nnunet_hlfd.teacher")),
     ],
