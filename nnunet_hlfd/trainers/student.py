@@ -226,7 +226,10 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
 
     def _inheritance_teacher(self) -> torch.nn.Module:
         """The trained network the weights are selected from: the (first) teacher, built on the CPU."""
-        return self.teacher_models[0].build_network(torch.device("cpu"))
+        teacher = self.teacher_models[0]
+        network = teacher.build_network(torch.device("cpu"))
+        teacher.network_weights = None  # built; no copy kept in memory for the rest of the training
+        return network
 
     def _inherit_from_teacher(self) -> None:
         teacher = self.teacher_models[0]
