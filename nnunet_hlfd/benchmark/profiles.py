@@ -60,14 +60,19 @@ class Schedule:
         return self.mirroring if self.test_time_mirroring is None else self.test_time_mirroring
 
 
+SCHEDULE_OPTION = "schedule"  # in a variant's options JSON: changes to the rows' schedule, e.g. {"epochs": 100}
+
+
 @dataclass(frozen=True)
 class Variant:
     """An extra row: another row's trainer with other options. The options go into the "hlfd" block of a copy of
-    the plans (``nnUNetPlans_<name>``: same preprocessed data, schedule and split), so nothing else differs."""
+    the plans (``nnUNetPlans_<name>``: same preprocessed data, schedule and split), so nothing else differs; a
+    ``"schedule"`` entry changes that copy's schedule instead (e.g. a longer one), the seed and split staying."""
 
     name: str
     row: str
     options: tuple[tuple[str, object], ...]
+    schedule: tuple[tuple[str, object], ...] = ()  # the fields of the rows' Schedule this variant changes
 
     @property
     def plans(self) -> str:
@@ -75,7 +80,7 @@ class Variant:
 
     @property
     def options_json(self) -> str:
-        return json.dumps(dict(self.options))
+        return json.dumps({**dict(self.options), **({SCHEDULE_OPTION: dict(self.schedule)} if self.schedule else {})})
 
 
 @dataclass(frozen=True)
@@ -173,21 +178,43 @@ def with_variants(profile: Profile, specs: list[tuple[str, str, str]] | None) ->
             options = json.loads(options_json)
         except json.JSONDecodeError as error:
             raise BenchmarkError(f"variant {name}: the options are not JSON ({error}): {options_json}") from None
+        schedule = _schedule_changes(
+            name, profile, options.pop(SCHEDULE_OPTION, {}) if isinstance(options, dict) else {}
+        )
         from nnunet_hlfd.errors import OptionError
         from nnunet_hlfd.trainers import TRAINERS  # nnU-Net's training code: only when a variant is asked for
 
         trainer = TRAINERS[ROWS[row]]
         valid = set(trainer.option_defaults()) - {"teacher_plans"}
-        if not isinstance(options, dict) or not options or set(options) - valid:
+        if not isinstance(options, dict) or not (options or schedule) or set(options) - valid:
             raise BenchmarkError(
-                f"variant {name}: options must be a JSON object with keys among {sorted(valid)}, got {options_json}"
+                f"variant {name}: options must be a JSON object with keys among {sorted(valid)} (and "
+                f'"{SCHEDULE_OPTION}"), got {options_json}'
             )
         try:  # the values too, as the trainer will check them: now, not after hours of teacher training
             trainer.checked_options(options)
         except OptionError as error:
             raise BenchmarkError(f"variant {name} ({trainer.__name__}): {error}") from None
-        variants.append(Variant(name, row, tuple(sorted(options.items()))))
+        variants.append(Variant(name, row, tuple(sorted(options.items())), schedule))
     return replace(profile, rows=(*profile.rows, *[v.name for v in variants]), variants=tuple(variants))
+
+
+def _schedule_changes(name: str, profile: Profile, changes: object) -> tuple[tuple[str, object], ...]:
+    """A variant's changes to the rows' schedule, checked as the trainers check a planned schedule."""
+    from nnunet_hlfd.errors import OptionError
+    from nnunet_hlfd.trainers.option_checks import check_schedule
+
+    fields = set(asdict(profile.schedule)) - {"seed"}  # one seed for every row: the comparison stays paired
+    if not isinstance(changes, dict) or set(changes) - fields:
+        raise BenchmarkError(
+            f'variant {name}: "{SCHEDULE_OPTION}" must be a JSON object with keys among {sorted(fields)}, got '
+            f"{json.dumps(changes)}"
+        )
+    try:
+        check_schedule({**asdict(profile.schedule), **changes}, profile.configuration)
+    except OptionError as error:
+        raise BenchmarkError(f"variant {name}: {error}") from None
+    return tuple(sorted(changes.items()))
 
 
 def with_tolerances(profile: Profile, tolerances_mm: dict[str | None, float] | None) -> Profile:

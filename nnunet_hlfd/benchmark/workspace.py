@@ -135,24 +135,29 @@ class Workspace:
         write_text(plans_file, json.dumps(plans, indent=2))
 
     def write_variant_plans(self, preprocessed: Path, variant: Variant) -> None:
-        """The plans copy of a variant, written once; refused if its options changed since."""
+        """The plans copy of a variant (its options and schedule), written once; refused if they changed since a
+        training used them."""
         plans = json.loads((preprocessed / f"{PLANS}.json").read_text())
         configuration = plans["configurations"][self.profile.configuration]
-        # the teacher stays the benchmark's, found under the original plans
-        block = {**configuration.get(PLANS_BLOCK, {}), **dict(variant.options), "teacher_plans": PLANS}
+        wanted = {
+            # the teacher stays the benchmark's, found under the original plans
+            PLANS_BLOCK: {**configuration.get(PLANS_BLOCK, {}), **dict(variant.options), "teacher_plans": PLANS},
+            SCHEDULE_KEY: {**configuration.get(SCHEDULE_KEY, {}), **dict(variant.schedule)} or None,
+        }
         target = preprocessed / f"{variant.plans}.json"
         if target.is_file():
-            written = json.loads(target.read_text())["configurations"][self.profile.configuration].get(PLANS_BLOCK)
-            if written == block:
+            copy = json.loads(target.read_text())["configurations"][self.profile.configuration]
+            written = {key: copy.get(key) for key in wanted}
+            if written == wanted:
                 return
             trained = self.started_trainings(ROWS[variant.row], variant.plans)
             if trained:
                 raise BenchmarkError(
-                    f"{target} holds the options {written}, the variant {variant.name} now asks for {block}: "
+                    f"{target} holds the options {written}, the variant {variant.name} now asks for {wanted}: "
                     f"{', '.join(map(str, trained))} trained with the old ones. Give the variant a new name."
                 )
-            self.log(f"variant {variant.name}: nothing trained with its old options {written}; now {block}")
-        configuration[PLANS_BLOCK] = block
+            self.log(f"variant {variant.name}: nothing trained with its old options {written}; now {wanted}")
+        configuration.update({key: value for key, value in wanted.items() if value is not None})
         plans["plans_name"] = variant.plans
         write_text(target, json.dumps(plans, indent=2))
 

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variant", nargs=3, action="append", metavar=("NAME", "ROW", "OPTIONS"),
         help="an extra row: ROW's trainer with other options (JSON), e.g. --variant hlfd_t1 hlfd "
-        "'{\"temperature\": 1}'; trained on the same plans (a copy with these options), schedule and split",
+        "'{\"temperature\": 1}'; trained on the same plans (a copy with these options), schedule and split; a "
+        "\"schedule\" entry changes the copy's schedule, e.g. '{\"schedule\": {\"epochs\": 100}}'",
     )  # fmt: skip
     parser.add_argument(
         "--folds", nargs="+", type=int, help="run these cross-validation folds only (default: all of the profile's)"

@@ -206,6 +206,38 @@ def test_variants_are_rows_on_a_copy_of_the_plans_and_bad_ones_are_refused(tmp_p
             with_variants(PROFILES["cpu"], [spec])
 
 
+def test_a_variant_may_change_the_schedule_only(tmp_path, plans):
+    """A longer-schedule pair (the student alone and the inherited one at 100 epochs): the plans copy holds the
+    rows' schedule with those changes, the seed and the teacher's schedule unchanged."""
+    plans["configurations"]["2d"] = plans["configurations"]["3d_fullres"]
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
+    longer = '{"schedule": {"epochs": 100}}'
+    profile = with_variants(
+        PROFILES["cpu"], [("student_100ep", "student", longer), ("student_init_100ep", "student_init", longer)]
+    )
+    harness = Harness(profile, tmp_path, tmp_path / "work")
+    harness.fix_plans(tmp_path / "nnUNetPlans.json")
+    for variant in profile.variants:
+        harness.write_variant_plans(tmp_path, variant)
+    original = json.loads((tmp_path / "nnUNetPlans.json").read_text())["configurations"]["2d"]
+    copy = json.loads((tmp_path / "nnUNetPlans_student_init_100ep.json").read_text())["configurations"]["2d"]
+    assert (
+        copy["hlfd_schedule"] == {**original["hlfd_schedule"], "epochs": 100}
+        and original["hlfd_schedule"]["epochs"] == 50
+    )
+    assert copy["hlfd_teacher_schedule"] == original["hlfd_teacher_schedule"]
+    assert copy["hlfd"] == {**original["hlfd"], "teacher_plans": "nnUNetPlans"}
+    assert profile.variants[1].options_json == longer
+    assert reproducing_command(profile, Path("l"), tmp_path).endswith(
+        f"--variant student_init_100ep student_init '{longer}'"
+    )
+    for schedule, message in (('{"schedule": {"epochs": 0}}', r'"epochs": 0 is not a whole number ≥ 1'),
+                              ('{"schedule": {"seed": 3}}', "keys among"),
+                              ('{"schedule": [100]}', "must be a JSON object")):  # fmt: skip
+        with pytest.raises(BenchmarkError, match=message):
+            with_variants(PROFILES["cpu"], [("x", "student", schedule)])
+
+
 def test_every_row_of_a_fold_starts_from_the_same_weights_and_patches(tmp_path, monkeypatch):
     """The planned schedule's seed: the student alone and a KD row of one fold start from identical student weights
     (whatever the KD trainer builds after them) and draw their patches from the same generator state."""

@@ -321,8 +321,9 @@ OUT = "out"  # the output folder beside the images, unless a case says otherwise
         (lambda i: write_image(i / "case_a.nii.gz"), OUT, r"not named CASE_XXXX.nii.gz .* predictions written"),
         (lambda i: None, "images", "is the input folder"),
         (lambda i: None, "images/case_a_0000.nii.gz/out", r"cannot be a folder \(.* is a file\)"),
+        (lambda i: None, "images/case_a_0000.nii.gz", r"case_a_0000.nii.gz cannot be a folder: give a folder"),
     ],
-    ids=["truncated", "two-channels", "prediction-among-inputs", "o-is-i", "o-below-a-file"],
+    ids=["truncated", "two-channels", "prediction-among-inputs", "o-is-i", "o-below-a-file", "o-is-a-file"],
 )
 def test_predict_refuses_inputs_it_would_segment_wrongly_before_writing(
     exported, tmp_path, capsys, break_it, output, message
