@@ -38,3 +38,9 @@ class nnUNetTrainerFoldEnsembleKD(nnUNetTrainerMultiTeacher):
 
     config = MultiTeacherConfig(combination="mean", temperature=1.0)
     fold_ensemble = True
+
+
+class nnUNetTrainerFoldEnsembleKD_init(nnUNetTrainerFoldEnsembleKD):
+    """The fold ensemble distilled into one student that starts from the first teacher fold's weights."""
+
+    init = "teacher"
