@@ -6,10 +6,13 @@ plans (the package's own derivation, as every student trainer makes it), its wei
 (``nnunet_hlfd.inheritance``). Each is predicted on the test images with nnU-Net's predictor (no mirroring, as the
 benchmark predicts) and evaluated with ``nnunet_hlfd evaluate``; the teacher itself is the first row.
 
-    python benchmarks/inheritance_start.py benchmarks/work/kits19_cpu --fold 0 --widths 1 0.5 0.25
+    OMP_NUM_THREADS=1 python benchmarks/inheritance_start.py benchmarks/work/kits19_cpu --fold 0 --widths 1 0.5 0.25
+
+(one thread while the benchmark trains beside it: two processes of two threads on two cores ran 10x slower.)
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
@@ -43,7 +46,9 @@ def student_network(predictor, width: float) -> torch.nn.Module:
 def dice_of(predictor, network: torch.nn.Module, images: Path, labels: Path, output: Path) -> dict[str, float]:
     predictor.network = network.eval()
     predictor.list_of_parameters = [network.state_dict()]
-    predictor.predict_from_files_sequential(str(images), str(output), save_probabilities=False, overwrite=True)
+    output.mkdir(parents=True)
+    with contextlib.redirect_stdout(sys.stderr):  # nnU-Net narrates every case: keep stdout for the table
+        predictor.predict_from_files_sequential(str(images), str(output), save_probabilities=False, overwrite=True)
     summary = evaluate_folder(output, labels, progress=False)
     return {name: c["metrics"]["Dice"]["mean"] for name, c in summary["classes"].items()}
 
