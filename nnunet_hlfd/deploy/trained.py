@@ -56,6 +56,11 @@ def load_predictor(folder: Path, fold: int | str | tuple, checkpoint: str, devic
     return predictor
 
 
+def _require_folder(images: Path) -> None:
+    if not Path(images).is_dir():
+        raise EvaluationError(f"images folder {images} does not exist")
+
+
 def case_files(images: Path, file_ending: str) -> dict[str, list[str]]:
     """case id -> its channel files (``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ...)."""
     from nnunetv2.utilities.utils import (
@@ -63,8 +68,7 @@ def case_files(images: Path, file_ending: str) -> dict[str, list[str]]:
         get_identifiers_from_splitted_dataset_folder,
     )
 
-    if not Path(images).is_dir():
-        raise EvaluationError(f"images folder {images} does not exist")
+    _require_folder(images)
     ids = get_identifiers_from_splitted_dataset_folder(str(images), file_ending)
     if not len(ids):
         raise EvaluationError(f"no images ending in _0000{file_ending} in {images}")
@@ -79,11 +83,9 @@ def checked_input_cases(images: Path, dataset_json: dict) -> dict[str, list[str]
     workers died") or segment wrongly with exit code 0: files that are no case's channel (a prediction written into
     the input folder), a case with another number of channels than the model's, a file that is not whole."""
     file_ending = dataset_json["file_ending"]
-    strays = sorted(
-        p.name
-        for p in Path(images).glob(f"*{file_ending}")
-        if not CHANNEL_SUFFIX.search(p.name[: -len(file_ending)])
-    ) if Path(images).is_dir() else []  # fmt: skip
+    _require_folder(images)
+    named = (p.name for p in Path(images).glob(f"*{file_ending}"))
+    strays = sorted(name for name in named if not CHANNEL_SUFFIX.search(name[: -len(file_ending)]))
     if strays:
         raise EvaluationError(
             f"{images} holds {', '.join(strays[:3])}{' ...' if len(strays) > 3 else ''}, not named CASE_XXXX"
