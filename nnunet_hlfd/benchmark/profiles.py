@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 
 from nnunet_hlfd.benchmark.phantom import PhantomSettings
-from nnunet_hlfd.errors import BenchmarkError
+from nnunet_hlfd.errors import BenchmarkError, OptionError
 from nnunet_hlfd.evaluation.metrics import DEFAULT_TOLERANCE_MM
 from nnunet_hlfd.runtime import SCHEDULE_KEY, TEACHER_SCHEDULE_KEY
 
@@ -181,7 +181,6 @@ def with_variants(profile: Profile, specs: list[tuple[str, str, str]] | None) ->
         schedule = _schedule_changes(
             name, profile, options.pop(SCHEDULE_OPTION, {}) if isinstance(options, dict) else {}
         )
-        from nnunet_hlfd.errors import OptionError
         from nnunet_hlfd.trainers import TRAINERS  # nnU-Net's training code: only when a variant is asked for
 
         trainer = TRAINERS[ROWS[row]]
@@ -201,7 +200,6 @@ def with_variants(profile: Profile, specs: list[tuple[str, str, str]] | None) ->
 
 def _schedule_changes(name: str, profile: Profile, changes: object) -> tuple[tuple[str, object], ...]:
     """A variant's changes to the rows' schedule, checked as the trainers check a planned schedule."""
-    from nnunet_hlfd.errors import OptionError
     from nnunet_hlfd.trainers.option_checks import check_schedule
 
     fields = set(asdict(profile.schedule)) - {"seed"}  # one seed for every row: the comparison stays paired

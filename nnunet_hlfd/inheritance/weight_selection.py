@@ -171,11 +171,9 @@ def _sizes(layer: Layer) -> tuple[int, int]:
     return t.weight.shape[dim], s.weight.shape[dim]
 
 
-def select_channels(graph: Graph, importance: str = "l1") -> dict[str, torch.Tensor]:
-    """Group (its root space) -> the teacher's channels the student keeps, in increasing order."""
-    if importance not in IMPORTANCES:
-        raise InheritanceError(f"importance {importance!r}: choose among {list(IMPORTANCES)}")
-    scores: dict[str, torch.Tensor] = {}
+def group_sizes(graph: Graph) -> dict[str, tuple[int, int]]:
+    """Group (its root space) -> its number of channels in the teacher and in the student, the same for every
+    producer of the group."""
     sizes: dict[str, tuple[int, int]] = {}
     for layer in graph.layers:
         if layer.writes is None:
@@ -183,10 +181,21 @@ def select_channels(graph: Graph, importance: str = "l1") -> dict[str, torch.Ten
         group, size = graph.find(layer.writes), _sizes(layer)
         if sizes.setdefault(group, size) != size:
             raise InheritanceError(f"{layer.name}: {size} channels (teacher, student), its group {sizes[group]}")
-        score = _importance(layer, importance)
-        scores[group] = scores[group] + score if group in scores else score
-    if graph.find(INPUT) in scores:
+    if graph.find(INPUT) in sizes:
         raise InheritanceError("the image channels are tied to a layer's outputs: an unknown layout")
+    return sizes
+
+
+def select_channels(graph: Graph, importance: str = "l1") -> dict[str, torch.Tensor]:
+    """Group (its root space) -> the teacher's channels the student keeps, in increasing order."""
+    if importance not in IMPORTANCES:
+        raise InheritanceError(f"importance {importance!r}: choose among {list(IMPORTANCES)}")
+    sizes = group_sizes(graph)
+    scores: dict[str, torch.Tensor] = {}
+    for layer in graph.layers:
+        if layer.writes is not None:
+            group, score = graph.find(layer.writes), _importance(layer, importance)
+            scores[group] = scores[group] + score if group in scores else score
     kept = {}
     for group, score in scores.items():
         n_student = sizes[group][1]
@@ -198,23 +207,18 @@ def select_channels(graph: Graph, importance: str = "l1") -> dict[str, torch.Ten
     return kept
 
 
-def _input_channels(graph: Graph, layer: Layer, kept: dict[str, torch.Tensor], teacher_in: int) -> torch.Tensor:
-    """The teacher's input channels of ``layer`` the student keeps (a concatenation: each part offset)."""
-    if layer.reads == [INPUT] or graph.find(layer.reads[0]) == graph.find(INPUT):
-        return torch.arange(teacher_in)
+def _input_channels(graph: Graph, layer: Layer, kept: dict[str, torch.Tensor], widths: dict[str, int]) -> torch.Tensor:
+    """The teacher's input channels of ``layer`` the student keeps (a concatenation: each part offset by the
+    teacher's full width of the parts before it); every image channel for the first layer."""
+    if graph.find(layer.reads[0]) == graph.find(INPUT):
+        conv = _conv(layer.teacher)
+        return torch.arange(conv.weight.shape[1 - _out_dim(conv)])
     parts, offset = [], 0
     for space in layer.reads:
         group = graph.find(space)
         parts.append(kept[group] + offset)
-        offset += _group_width(graph, group)
+        offset += widths[group]
     return torch.cat(parts)
-
-
-def _group_width(graph: Graph, group: str) -> int:
-    for layer in graph.layers:
-        if layer.writes is not None and graph.find(layer.writes) == group:
-            return _sizes(layer)[0]
-    raise InheritanceError(f"space {group} has no producer")
 
 
 def _copy(target: torch.Tensor, source: torch.Tensor, name: str, assigned: set[int]) -> None:
@@ -234,13 +238,14 @@ def inherit_weights(teacher: nn.Module, student: nn.Module, importance: str = "l
     know would otherwise keep its random weights silently."""
     graph = build_graph(teacher, student)
     kept = select_channels(graph, importance)
+    widths = {group: teacher_width for group, (teacher_width, _) in group_sizes(graph).items()}
     assigned: set[int] = set()
     for layer in graph.layers:
         t, s = _conv(layer.teacher), _conv(layer.student)
         out_dim = _out_dim(t)
         n_out = t.weight.shape[out_dim]
         outs = kept[graph.find(layer.writes)] if layer.writes is not None else torch.arange(n_out)
-        ins = _input_channels(graph, layer, kept, t.weight.shape[1 - out_dim])
+        ins = _input_channels(graph, layer, kept, widths)
         weight = t.weight.detach().index_select(out_dim, outs).index_select(1 - out_dim, ins)
         _copy(s.weight, weight, f"{layer.name}.weight", assigned)
         if t.bias is not None:
@@ -260,5 +265,5 @@ def inherit_weights(teacher: nn.Module, student: nn.Module, importance: str = "l
         "groups": len(kept),
         # per group (named after one of its spaces): the teacher's channels kept, of how many
         "kept_channels": {group: k.tolist() for group, k in kept.items()},
-        "teacher_channels": {group: _group_width(graph, group) for group in kept},
+        "teacher_channels": {group: widths[group] for group in kept},
     }

@@ -272,21 +272,23 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
                 self.initialize()  # as nnU-Net's load_checkpoint would, so that the optimizer exists
             # the optimizer's state (with the adapters' parameter group) is of no use to validation
             self.optimizer.load_state_dict = lambda state: None
-            super().load_checkpoint(filename_or_checkpoint)
-            self._add_log_keys()
-            return
         # nnunetv2 2.8.1 cannot load from a dict (UnboundLocalError), so always go through the path
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        super().load_checkpoint(filename_or_checkpoint)  # and through _restore_extras below
+        self._add_log_keys()
+
+    def _restore_extras(self, checkpoint: dict, source: str) -> None:
+        super()._restore_extras(checkpoint, source)
+        if not self.teacher_models:  # --val of a finished student: no teacher to check, no adapters to train
+            return
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
             raise TeacherMismatchError(
-                f"{filename_or_checkpoint} has no distillation state: it was not written by a distillation trainer."
+                f"{source} has no distillation state: it was not written by a distillation trainer."
             )
         recorded = state.get("teachers", [state["teacher"]])
         if len(recorded) != len(self.teacher_models):
             raise TeacherMismatchError(
-                f"{filename_or_checkpoint} was trained with {len(recorded)} teacher(s), this run has "
+                f"{source} was trained with {len(recorded)} teacher(s), this run has "
                 f"{len(self.teacher_models)}: train into a new results folder."
             )
         for then, teacher in zip(recorded, self.teacher_models):
@@ -298,4 +300,3 @@ class nnUNetTrainerDistillation(nnUNetTrainerStudent):
                 )
         if self.distiller.adapters is not None:
             unwrap(self.distiller.adapters).load_state_dict(state["adapters"])
-        self._add_log_keys()

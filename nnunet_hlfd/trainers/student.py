@@ -263,11 +263,15 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
     def load_checkpoint(self, filename_or_checkpoint: str | dict) -> None:
         super().load_checkpoint(filename_or_checkpoint)
         self.resumed = True
-        checkpoint = (
-            filename_or_checkpoint
-            if isinstance(filename_or_checkpoint, dict)
-            else torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
-        )
+        if isinstance(filename_or_checkpoint, dict):
+            checkpoint, source = filename_or_checkpoint, "the checkpoint"
+        else:  # read once here for every key this package added (nnU-Net's loader keeps its copy to itself)
+            checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
+            source = str(filename_or_checkpoint)
+        self._restore_extras(checkpoint, source)
+
+    def _restore_extras(self, checkpoint: dict, source: str) -> None:
+        """What :meth:`_checkpoint_extras` added, taken back from a loaded checkpoint (``source`` names it)."""
         self.inheritance_record = checkpoint.get(INHERITANCE_KEY)  # kept in the checkpoints to come
 
     def _after_network_built(self) -> None:
