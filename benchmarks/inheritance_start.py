@@ -1,5 +1,6 @@
-"""What a student inherits before it trains: test-set Dice of a slim student whose weights are selected from the
-teacher's, at epoch 0 (no fine-tuning), per width and channel importance.
+"""What a student inherits before it trains: Dice of a slim student whose weights are selected from the teacher's, at
+epoch 0 (no fine-tuning), per width and channel importance, on the fold's validation cases (``--cases validation``:
+what an importance may be chosen on) or the test set (``--cases test``, the default: reported, never chosen on).
 
 For the benchmark's teacher of one fold, each width's student is the network nnU-Net builds from the derived student
 plans (the package's own derivation, as every student trainer makes it), its weights inherited from the teacher
@@ -7,6 +8,7 @@ plans (the package's own derivation, as every student trainer makes it), its wei
 benchmark predicts) and evaluated with ``nnunet_hlfd evaluate``; the teacher itself is the first row.
 
     OMP_NUM_THREADS=1 python benchmarks/inheritance_start.py benchmarks/work/kits19_cpu --fold 0 --widths 1 0.5 0.25
+    OMP_NUM_THREADS=1 python benchmarks/inheritance_start.py benchmarks/work/kits19_cpu --fold 1 --cases validation
 
 (one thread while the benchmark trains beside it: two processes of two threads on two cores ran 10x slower.)
 """
@@ -53,19 +55,39 @@ def dice_of(predictor, network: torch.nn.Module, images: Path, labels: Path, out
     return {name: c["metrics"]["Dice"]["mean"] for name, c in summary["classes"].items()}
 
 
+def validation_cases(work: Path, fold: int, scratch: Path) -> tuple[Path, Path]:
+    """Folders of links to the fold's validation images and labels (nnU-Net's raw dataset and split)."""
+    raw = next((work / "nnUNet_raw").glob("Dataset*"))
+    split = json.loads((work / "nnUNet_preprocessed" / raw.name / "splits_final.json").read_text())[fold]
+    images, labels = scratch / "validation_images", scratch / "validation_labels"
+    images.mkdir()
+    labels.mkdir()
+    for case in split["val"]:
+        for image in (raw / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9].*"):
+            (images / image.name).symlink_to(image)
+        label = next((raw / "labelsTr").glob(f"{case}.*"))
+        (labels / label.name).symlink_to(label)
+    return images, labels
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("work", type=Path, help="the benchmark's --work folder (its teacher and test set)")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.5, 0.25])
     parser.add_argument("--importance", nargs="+", choices=IMPORTANCES, default=list(IMPORTANCES))
+    parser.add_argument("--cases", choices=("test", "validation"), default="test",
+                        help="the test set, or the fold's validation cases (to choose on)")  # fmt: skip
     args = parser.parse_args(argv)
     results = next((args.work / "nnUNet_results").glob(f"Dataset*/{TEACHER_TRAINER}__{PLANS}__*"))
-    images, labels = args.work / "test" / "images", args.work / "test" / "labels"
     predictor = load_predictor(results, args.fold, "checkpoint_final.pth", torch.device("cpu"))
     teacher = copy.deepcopy(predictor.network)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
+        if args.cases == "validation":
+            images, labels = validation_cases(args.work, args.fold, Path(scratch))
+        else:
+            images, labels = args.work / "test" / "images", args.work / "test" / "labels"
         start = time.perf_counter()
         rows.append(("teacher", "", dice_of(predictor, teacher, images, labels, Path(scratch) / "teacher")))
         print(f"teacher: {rows[-1][2]} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
@@ -79,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                     (f"w{width:g}", importance, dice_of(predictor, student, images, labels, Path(scratch) / name))
                 )
                 print(f"{name}: {rows[-1][2]}", file=sys.stderr, flush=True)
+        n_cases = len(list(labels.iterdir()))
     classes = list(rows[0][2])
-    print(f"Test-set Dice at epoch 0 (no fine-tuning), fold {args.fold}, {len(list(images.glob('*_0000*')))} cases:\n")
+    where = "Test-set" if args.cases == "test" else "Validation"
+    print(f"{where} Dice at epoch 0 (no fine-tuning), fold {args.fold}, {n_cases} cases:\n")
     print("| student | importance | " + " | ".join(classes) + " |")
     print("|---|---|" + "---|" * len(classes))
     for name, importance, dice in rows:

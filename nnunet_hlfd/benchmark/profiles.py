@@ -40,6 +40,16 @@ ROWS = {
     "hlfd_w025_init": "nnUNetTrainerHLFD_w025_init",
 }
 REFERENCE_ROWS = ("teacher", "student")
+# Besides the half-width "student", the student alone a row is also measured against (Δ, paired p, gap recovered):
+# a quarter-width row against the quarter-width student, since width alone moves Dice; and a row that distils into an
+# inherited student against the inherited student alone, the baseline distillation on top of inheritance must beat.
+WIDTH_BASELINES = {"student_w025_init": "student_w025", "hlfd_w025_init": "student_w025"}
+INHERITED_BASELINES = {
+    "hlfd_init": "student_init",
+    "cwd_init": "student_init",
+    "at_init": "student_init",
+    "hlfd_w025_init": "student_w025_init",
+}
 TEACHER_ROWS = ("teacher", "limit-trained teacher")
 TEACHER_TRAINER = ROWS["teacher"]
 PLANS = "nnUNetPlans"
@@ -128,6 +138,25 @@ class Profile:
     def trainer_and_plans(self, row: str) -> tuple[str, str]:
         variant = next((v for v in self.variants if v.name == row), None)
         return (ROWS[variant.row], variant.plans) if variant else (ROWS[row], PLANS)
+
+    def comparisons(self) -> dict[str, list[str]]:
+        """The test-set comparisons, baseline -> its runs (the teacher and the baseline first): every row against
+        the half-width ``student``, or the random-init student of its width when that row is run; then each
+        inherited student alone that is run against the rows that distil into it. A variant is compared as its
+        row."""
+        variant_rows = {v.name: v.row for v in self.variants}
+        groups = {"student": ["teacher", "student"]}
+        for row in self.rows:
+            if row in REFERENCE_ROWS:
+                continue
+            method = variant_rows.get(row, row)
+            width_baseline = WIDTH_BASELINES.get(method)
+            baseline = width_baseline if width_baseline in self.rows else "student"
+            groups.setdefault(baseline, ["teacher", baseline]).append(row)
+            inherited_baseline = INHERITED_BASELINES.get(method)
+            if inherited_baseline in self.rows:
+                groups.setdefault(inherited_baseline, ["teacher", inherited_baseline]).append(row)
+        return groups
 
 
 PROFILES = {

@@ -33,21 +33,29 @@ class Report:
         names = self.workspace.label_names()
         folds = self.profile.folds
         lines = [
-            "| run | " + " | ".join(f"{n} Dice" for n in names.values()) + " | "
-            + " | ".join(f"{n} Δ vs student per fold" for n in names.values()) + " |",
-            "|---|" + "---|" * 2 * len(names),
+            "| run | " + " | ".join(f"{n} Dice" for n in names.values()) + " | vs | "
+            + " | ".join(f"{n} Δ per fold" for n in names.values()) + " |",
+            "|---|" + "---|" * (2 * len(names) + 1),
         ]  # fmt: skip
         dice = {row: d for row in self.profile.rows if (d := self.workspace.validation_dice(row)) is not None}
+        baselines = {}  # each row against the random-init student of its width, as on the test set
+        for baseline, runs in self.profile.comparisons().items():
+            for run in runs:
+                if run not in (baseline, "teacher"):
+                    baselines.setdefault(run, baseline)
         for row, values in dice.items():
             cells = [f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}" for v in values.values()]
-            if "student" in dice and row != "student":
-                cells += [" ".join(f"{d:+.3f}" for d in values[n] - dice["student"][n]) for n in names.values()]
+            baseline = baselines.get(row, "student")
+            if baseline in dice and row != baseline:
+                cells.append(baseline)
+                cells += [" ".join(f"{d:+.3f}" for d in values[n] - dice[baseline][n]) for n in names.values()]
             else:
-                cells += [""] * len(names)
+                cells += [""] * (len(names) + 1)
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append(
             f"\nmean ± sample std over folds {list(folds)} of nnU-Net's final validation (`fold_X/validation/"
-            "summary.json`, each fold's own validation cases, no test case)."
+            "summary.json`, each fold's own validation cases, no test case); Δ against the random-init student of "
+            "the row's width."
         )
         return "\n".join(lines)
 
@@ -93,14 +101,22 @@ class Report:
 
         profile, folder = self.profile, self.work / "report"
         folder.mkdir(parents=True, exist_ok=True)
-        runs = [load_run(row, [self.workspace.predictions(row, f) for f in profile.folds]) for row in profile.rows]
-        rows = compare_runs(runs, "student", "teacher")
-        comparison = format_markdown(rows, "student", "teacher", runs[0].tolerances_mm)
-        write_comparison(rows, comparison, folder)
+        runs = {row: load_run(row, [self.workspace.predictions(row, f) for f in profile.folds]) for row in profile.rows}
+        sections, test = [], {}
+        for baseline, names in profile.comparisons().items():
+            rows = compare_runs([runs[name] for name in names], baseline, "teacher")
+            markdown = format_markdown(rows, baseline, "teacher", runs["teacher"].tolerances_mm)
+            # the comparison against the half-width student in report/, each other one in report/vs_BASELINE/
+            write_comparison(rows, markdown, folder if not sections else folder / f"vs_{baseline}")
+            sections.append(markdown if not sections else f"## Test-set comparison against `{baseline}`\n\n{markdown}")
+            for run, dice in dice_summary(rows).items():  # a run's Δ, p and gap: against the baseline of its width
+                if run not in test:
+                    test[run] = {name: {**values, "baseline": baseline} for name, values in dice.items()}
+        comparison = "\n".join(sections)
         summary = {
             "profile": profile.name,
             "folds": list(profile.folds),
-            "test": dice_summary(rows),
+            "test": test,
             "cross_validation_dice": {
                 row: {name: [float(x) for x in values] for name, values in dice.items()}
                 for row in profile.rows

@@ -1,5 +1,6 @@
 """The benchmark harness end to end through its command line (the smoke profile: seconds per step, numbers that mean
-nothing): two pieces under a time limit, a KD row (a variant) added in the second, other NSD tolerances afterwards.
+nothing): two pieces under a time limit, the inherited student and a KD row on it (a variant) added in the second,
+other NSD tolerances afterwards.
 The multi-teacher row's jobs and teachers are checked in tests/unit/test_benchmark.py, its trainer through the CLI in
 test_demo.py."""
 
@@ -26,20 +27,27 @@ def test_smoke_profile_end_to_end_in_two_pieces(tmp_path):
     assert "left no room for train teacher fold 0" in first.stderr and "--time-limit-min above" in first.stderr
     assert "nnUNetv2_plan_and_preprocess" in first.stdout
     assert (work / "test_cases.json").is_file() and not (work / "nnUNet_results").exists()
-    variant = ["--variant", "hlfd_t1", "hlfd", '{"temperature": 1.0}']  # an extra row, added in the second piece
+    # extra rows, added in the second piece: the inherited student, and a variant that distils into one
+    variant = ["--rows", "student_init", "--variant", "hlfd_t1", "hlfd_init", '{"temperature": 1.0}']
     second = subprocess.run(
         [*command, *variant, "--report", str(tmp_path / "report.md")], capture_output=True, text=True
     )
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     assert "nnUNetv2_plan_and_preprocess" not in second.stdout and "converting" not in second.stdout  # kept
-    assert "[1/6] train teacher fold 0" in second.stdout and "[6/6] predict hlfd_t1 fold 0" in second.stdout
+    assert "[1/8] train teacher fold 0" in second.stdout and "[8/8] predict hlfd_t1 fold 0" in second.stdout
     report = (tmp_path / "report.md").read_text()
-    for row in ("teacher", "student", "hlfd_t1"):
+    for row in ("teacher", "student", "student_init", "hlfd_t1"):
         assert f"| {row} | 1 × 1 |" in report  # one fold × one test case, per label
         assert f"\n| {row} | " in report.split("## Cross-validation")[1].split("## Efficiency")[0]
+    # KD on an inherited student is also measured against the inherited student alone
+    against_inherited = report.split("## Test-set comparison against `student_init`")[1].split("## Cross-validation")[0]
+    assert "| Δ vs student_init (p, gap recovered) |" in against_inherited and "\n| hlfd_t1 | " in against_inherited
+    assert "\n| student | " not in against_inherited
+    assert (work / "report" / "vs_student_init" / "comparison.csv").is_file()
     results = work / "nnUNet_results" / "Dataset503_KiTSPhantomSmoke"
-    recorded = json.loads((results / f"{ROWS['hlfd']}__nnUNetPlans_hlfd_t1__2d" / "plans.json").read_text())
+    recorded = json.loads((results / f"{ROWS['hlfd_init']}__nnUNetPlans_hlfd_t1__2d" / "plans.json").read_text())
     assert recorded["configurations"]["2d"]["hlfd"]["temperature"] == 1.0
+    assert recorded["configurations"]["2d"]["hlfd"]["init"] == "teacher"
     teacher = recorded["configurations"]["2d"]["hlfd"]["teacher_used"]
     assert Path(teacher["model_folder"]) == results / f"{ROWS['teacher']}__nnUNetPlans__2d"  # the benchmark's
     assert "### kidney" in report and "### tumor" in report
@@ -51,9 +59,13 @@ def test_smoke_profile_end_to_end_in_two_pieces(tmp_path):
         checkpoint = results / f"{trainer}__{plans}__2d" / "fold_0" / "checkpoint_final.pth"
         return torch.load(checkpoint, map_location="cpu", weights_only=False)["current_epoch"]
 
-    assert epochs(ROWS["teacher"]) == 2 and epochs(ROWS["student"]) == epochs(ROWS["hlfd"], "nnUNetPlans_hlfd_t1") == 1
+    assert (
+        epochs(ROWS["teacher"]) == 2
+        and epochs(ROWS["student"]) == epochs(ROWS["hlfd_init"], "nnUNetPlans_hlfd_t1") == 1
+    )
     summary = json.loads((work / "report" / "summary.json").read_text())
-    assert set(summary["test"]) == {"teacher", "student", "hlfd_t1"} and summary["folds"] == [0]
+    assert set(summary["test"]) == {"teacher", "student", "student_init", "hlfd_t1"} and summary["folds"] == [0]
+    assert summary["test"]["hlfd_t1"]["tumor"]["baseline"] == "student"  # the random-init student of its width
     assert set(summary["test"]["hlfd_t1"]["tumor"]) >= {"mean", "std", "delta_vs_baseline", "p_value", "gap_recovered"}
     assert set(summary["cross_validation_dice"]["teacher"]) == {"kidney", "tumor"}
     assert "tumor ≥ 0.05, per fold" in report  # when each row learns each structure
@@ -63,7 +75,7 @@ def test_smoke_profile_end_to_end_in_two_pieces(tmp_path):
     tolerances = ["--tolerance-mm", "tumor=2.5", "1.5"]
     third = subprocess.run([*command, *variant, *tolerances], capture_output=True, text=True)
     assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-2000:]
-    assert "evaluating the test predictions again" in third.stdout and "/10]" not in third.stdout  # no job ran
+    assert "evaluating the test predictions again" in third.stdout and "/8]" not in third.stdout  # no job ran
     report = (work / "report" / "benchmark_report.md").read_text()
     assert "NSD@2.5mm" in report.split("### tumor")[1] and "--tolerance-mm tumor=2.5 1.5" in report
     evaluated = json.loads((work / "predictions" / "student" / "fold_0" / "metrics_summary.json").read_text())

@@ -149,6 +149,22 @@ def test_summary_json_holds_the_test_set_dice_of_every_row():
     assert summary["student"]["tumor"]["delta_vs_baseline"] is None
 
 
+def test_each_row_is_compared_with_the_student_alone_of_its_width_and_its_start():
+    rows = ["hlfd", "student_init", "hlfd_init", "student_w025", "student_w025_init", "hlfd_w025_init"]
+    profile = with_variants(with_rows(PROFILES["cpu"], rows), [("hlfd_init_t1", "hlfd_init", '{"temperature": 1.0}')])
+    assert profile.comparisons() == {
+        # the half-width random-init student: every half-width row, and the quarter-width student itself
+        "student": ["teacher", "student", "hlfd", "student_init", "hlfd_init", "student_w025", "hlfd_init_t1"],
+        # distillation on an inherited student must beat the inherited student alone (a variant as its row)
+        "student_init": ["teacher", "student_init", "hlfd_init", "hlfd_init_t1"],
+        "student_w025": ["teacher", "student_w025", "student_w025_init", "hlfd_w025_init"],
+        "student_w025_init": ["teacher", "student_w025_init", "hlfd_w025_init"],
+    }
+    # without the students of their width and start, the rows are compared with the half-width student only
+    alone = with_rows(PROFILES["cpu"], ["hlfd_init", "hlfd_w025_init"])
+    assert alone.comparisons() == {"student": ["teacher", "student", "hlfd_init", "hlfd_w025_init"]}
+
+
 def test_variants_are_rows_on_a_copy_of_the_plans_and_bad_ones_are_refused(tmp_path, plans):
     profile = with_variants(
         with_rows(PROFILES["cpu"], ["hlfd"]), [("hlfd_t1", "hlfd", '{"temperature": 1, "alpha": 0.5}')]
