@@ -12,9 +12,9 @@ from pathlib import Path
 
 from nnunet_hlfd.benchmark.jobs import Job, half_teacher_folds, planned_jobs
 from nnunet_hlfd.benchmark.phantom import check_label_source
-from nnunet_hlfd.benchmark.profiles import TEACHER_ROWS, TEACHER_TRAINER, Profile
+from nnunet_hlfd.benchmark.profiles import ALL_FOLDS, FOLD_ALL, TEACHER_ROWS, TEACHER_TRAINER, Profile
 from nnunet_hlfd.benchmark.report import Report
-from nnunet_hlfd.benchmark.workspace import Workspace
+from nnunet_hlfd.benchmark.workspace import Workspace, epoch_durations
 from nnunet_hlfd.errors import BenchmarkError
 from nnunet_hlfd.evaluation.evaluate import evaluate_folder
 from nnunet_hlfd.evaluation.metrics import SURFACE_DEFINITION
@@ -54,6 +54,9 @@ class Harness(Workspace):
                 for t in half_teacher_folds(job.fold, self.profile.cv_folds)
             ]
             env[TEACHERS_ENV] = os.pathsep.join(map(str, teachers))
+        elif job.fold == FOLD_ALL:  # the fold ensemble: the teacher's cross-validation folds, not limit-trained ones
+            teachers = [self.model_folder(TEACHER_TRAINER) / f"fold_{t}" for t in range(self.profile.cv_folds)]
+            env[TEACHERS_ENV] = os.pathsep.join(map(str, teachers))
         args = ["nnUNetv2_train", str(self.profile.dataset_id), self.profile.configuration, str(job.fold), "-tr",
                 job.trainer, "-p", job.plans, "-device", self.profile.device]  # fmt: skip
         if (fold_folder / "checkpoint_latest.pth").is_file():
@@ -82,8 +85,9 @@ class Harness(Workspace):
 
     def predict(self, job: Job) -> None:
         output = self.predictions(job.row, job.fold)
+        folds = [str(f) for f in range(self.profile.cv_folds)] if job.fold == ALL_FOLDS else [str(job.fold)]
         args = ["nnUNetv2_predict", "-i", str(self.work / "test" / "images"), "-o", str(output), "-d",
-                str(self.profile.dataset_id), "-c", self.profile.configuration, "-f", str(job.fold), "-tr", job.trainer,
+                str(self.profile.dataset_id), "-c", self.profile.configuration, "-f", *folds, "-tr", job.trainer,
                 "-p", job.plans, "-device", self.profile.device, "--continue_prediction"]  # fmt: skip
         if not self.profile.schedule.tta:
             args.append("--disable_tta")
@@ -152,10 +156,7 @@ class Harness(Workspace):
         write_text(self.durations_file, json.dumps(self.durations, indent=2))
 
     def _record_epoch(self, job: Job) -> None:
-        import torch
-
-        timestamps = torch.load(self.result_file(job), map_location="cpu", weights_only=False)["logging"]
-        epochs = [e - s for s, e in zip(timestamps["epoch_start_timestamps"], timestamps["epoch_end_timestamps"])]
+        epochs = epoch_durations(self.result_file(job))
         if epochs:
             self._record_duration("epoch", float(max(epochs)))
 

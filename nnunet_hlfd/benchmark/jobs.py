@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnunet_hlfd.benchmark.profiles import HALF_TEACHERS, PLANS, TEACHER_TRAINER, Profile
+from nnunet_hlfd.benchmark.profiles import FOLD_ALL, HALF_TEACHERS, PLANS, SINGLE_MODEL_ROWS, TEACHER_TRAINER, Profile
 from nnunet_hlfd.errors import BenchmarkError
 from nnunet_hlfd.splits import disjoint_chunks
 
@@ -41,7 +41,7 @@ class Job:
     kind: str  # train | predict
     row: str
     trainer: str
-    fold: int
+    fold: int | str  # a cross-validation fold, or a single-model row's "all" / "ensemble" (SINGLE_MODEL_ROWS)
     plans: str = PLANS
 
     @property
@@ -50,8 +50,10 @@ class Job:
 
 
 def planned_jobs(profile: Profile) -> list[Job]:
-    """Training jobs (teachers first, then fold by fold every row), then the test-set predictions."""
-    rows = [r for r in profile.rows if r != "teacher"]
+    """Training jobs (teachers first, then fold by fold every row, then the students of fold 'all'), then the
+    test-set predictions."""
+    rows = [r for r in profile.rows if r != "teacher" and r not in SINGLE_MODEL_ROWS]
+    fold_all = [r for r in profile.rows if SINGLE_MODEL_ROWS.get(r) == FOLD_ALL]
     jobs = [Job("train", "teacher", TEACHER_TRAINER, f) for f in profile.teacher_folds]
     if "multi_teacher" in rows:
         n = profile.cv_folds
@@ -61,10 +63,19 @@ def planned_jobs(profile: Profile) -> list[Job]:
             for t in half_teacher_folds(f, n)
         ]
     jobs += [row_job(profile, "train", row, f) for f in profile.folds for row in rows]
-    jobs += [row_job(profile, "predict", row, f) for f in profile.folds for row in profile.rows]
+    jobs += [row_job(profile, "train", row, SINGLE_MODEL_ROWS[row]) for row in fold_all]
+    jobs += [
+        row_job(profile, "predict", row, f)
+        for f in profile.folds
+        for row in profile.rows
+        if row not in SINGLE_MODEL_ROWS
+    ]
+    jobs += [
+        row_job(profile, "predict", row, SINGLE_MODEL_ROWS[row]) for row in profile.rows if row in SINGLE_MODEL_ROWS
+    ]
     return jobs
 
 
-def row_job(profile: Profile, kind: str, row: str, fold: int) -> Job:
+def row_job(profile: Profile, kind: str, row: str, fold: int | str) -> Job:
     trainer, plans = profile.trainer_and_plans(row)
     return Job(kind, row, trainer, fold, plans)

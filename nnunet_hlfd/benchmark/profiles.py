@@ -38,8 +38,17 @@ ROWS = {
     "student_w025": "nnUNetTrainerStudent_w025",
     "student_w025_init": "nnUNetTrainerStudent_w025_init",
     "hlfd_w025_init": "nnUNetTrainerHLFD_w025_init",
+    # the teacher's cross-validation folds predicting together (nnUNetv2_predict -f 0 1 2), and that ensemble
+    # distilled into one inherited student trained on every development case (fold 'all')
+    "teacher_ensemble": "nnUNetTrainerHLFDTeacher",
+    "fold_ensemble_init": "nnUNetTrainerFoldEnsembleKD_init",
 }
 REFERENCE_ROWS = ("teacher", "student")
+# Rows that are not one model per cross-validation fold, and the "fold" of their one job (Job.fold): the teacher's
+# folds predicting as an ensemble (no training), and a student trained on fold 'all' (every development case)
+ALL_FOLDS = "ensemble"
+FOLD_ALL = "all"
+SINGLE_MODEL_ROWS = {"teacher_ensemble": ALL_FOLDS, "fold_ensemble_init": FOLD_ALL}
 # Besides the half-width "student", the student alone a row is also measured against (Δ, paired p, gap recovered):
 # a quarter-width row against the quarter-width student, since width alone moves Dice; and a row that distils into an
 # inherited student against the inherited student alone, the baseline distillation on top of inheritance must beat.
@@ -124,8 +133,13 @@ class Profile:
     @property
     def teacher_folds(self) -> tuple[int, ...]:
         """The folds the teacher trains on: every cross-validation fold when its convergence is checked (the check
-        judges the teacher's whole cross-validation), else the folds run."""
-        return tuple(range(self.cv_folds)) if self.teacher_min_dice else self.folds
+        judges the teacher's whole cross-validation) or a row uses its fold ensemble, else the folds run."""
+        every_fold = self.teacher_min_dice or any(row in SINGLE_MODEL_ROWS for row in self.rows)
+        return tuple(range(self.cv_folds)) if every_fold else self.folds
+
+    def row_folds(self, row: str) -> tuple[int | str, ...]:
+        """The folds of a row's models: one per fold run, or the one job of a single-model row."""
+        return (SINGLE_MODEL_ROWS[row],) if row in SINGLE_MODEL_ROWS else self.folds
 
     @property
     def schedules(self) -> dict[str, dict]:
@@ -148,6 +162,10 @@ class Profile:
         groups = {"student": ["teacher", "student"]}
         for row in self.rows:
             if row in REFERENCE_ROWS:
+                continue
+            if row in SINGLE_MODEL_ROWS:  # the fold ensemble and its student: also against the single teacher
+                groups["student"].append(row)
+                groups.setdefault("teacher", ["teacher"]).append(row)
                 continue
             method = variant_rows.get(row, row)
             width_baseline = WIDTH_BASELINES.get(method)
@@ -192,7 +210,8 @@ PROFILES = {
 
 def with_variants(profile: Profile, specs: list[tuple[str, str, str]] | None) -> Profile:
     """Adds variant rows from (name, row, options as JSON), e.g. ``("hlfd_t1", "hlfd", '{"temperature": 1}')``."""
-    student_rows = sorted(set(ROWS) - {"teacher", "multi_teacher"})  # only the multi_teacher row gets its teachers
+    # only the multi_teacher row gets its teachers, and the ensemble rows their folds
+    student_rows = sorted(set(ROWS) - {"teacher", "multi_teacher", *SINGLE_MODEL_ROWS})
     variants = []
     for name, row, options_json in specs or []:
         taken = {*ROWS, *(v.name for v in variants)}

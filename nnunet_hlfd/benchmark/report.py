@@ -15,8 +15,16 @@ import numpy as np
 
 from nnunet_hlfd.benchmark.jobs import row_job
 from nnunet_hlfd.benchmark.phantom import plot_phantom_samples
-from nnunet_hlfd.benchmark.profiles import HALF_TEACHERS, PROFILES, REFERENCE_ROWS, ROWS, TEACHER_TRAINER, Profile
-from nnunet_hlfd.benchmark.workspace import Workspace
+from nnunet_hlfd.benchmark.profiles import (
+    HALF_TEACHERS,
+    PROFILES,
+    REFERENCE_ROWS,
+    ROWS,
+    SINGLE_MODEL_ROWS,
+    TEACHER_TRAINER,
+    Profile,
+)
+from nnunet_hlfd.benchmark.workspace import Workspace, epoch_durations
 from nnunet_hlfd.files import write_text
 
 
@@ -61,16 +69,22 @@ class Report:
 
     def training_curves(self, onset: float = 0.05) -> str:
         """When each row learns each structure: nnU-Net's per-epoch pseudo-Dice (its validation iterations), mean
-        over the folds of a window of a tenth of the epochs around each quarter of the schedule, and the first
-        epoch at which the pseudo-Dice reaches ``onset``, per fold. A flat last column means the schedule was long
-        enough for that row."""
+        over the folds of a window of a tenth of the epochs around each quarter of the schedule; the first epoch at
+        which the pseudo-Dice reaches ``onset``, and the first at which its windowed mean reaches the teacher's final
+        level (the mean of the last tenth of the teacher's epochs on that fold), per fold. A flat last quarter means
+        the schedule was long enough for that row."""
         names = list(self.workspace.label_names().values())
         quarters = (0.25, 0.5, 0.75, 1.0)
-        header = [f"{n} {int(q * 100)} %" for n in names for q in quarters] + [
-            f"{n} ≥ {onset}, per fold" for n in names
-        ]
+        header = [f"{n} {int(q * 100)} %" for n in names for q in quarters]
+        header += [f"{n} ≥ {onset}, per fold" for n in names] + [f"{n} ≥ teacher, per fold" for n in names]
         lines = ["| run | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+        teacher_files = [
+            self.workspace.result_file(row_job(self.profile, "train", "teacher", f)) for f in self.profile.folds
+        ]
+        teachers = [_pseudo_dice(f) for f in teacher_files] if all(f.is_file() for f in teacher_files) else None
         for row in self.profile.rows:
+            if row in SINGLE_MODEL_ROWS:  # no training, or one on fold 'all' whose validation cases it trained on
+                continue
             files = [self.workspace.result_file(row_job(self.profile, "train", row, f)) for f in self.profile.folds]
             if not all(f.is_file() for f in files):
                 continue
@@ -87,11 +101,39 @@ class Report:
             for k in range(len(names)):
                 first = [next((str(e) for e, v in enumerate(c[:, k]) if v >= onset), "—") for c in curves]
                 cells.append("/".join(first))
+            for k in range(len(names)):
+                if teachers is None or row == "teacher":
+                    cells.append("")
+                    continue
+                levels = [t[-max(1, len(t) // 10) :, k].mean() for t in teachers]
+                cells.append("/".join(_first_window_at(c[:, k], level) for c, level in zip(curves, levels)))
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append(
             "\nnnU-Net's pseudo-Dice per epoch (foreground-oversampled validation patches, not whole cases), from "
             "`checkpoint_final.pth`: the mean over folds of the last tenth of the epochs up to 25/50/75/100 % of each "
-            f"row's schedule, and the first epoch (from 0) reaching {onset} per fold (— never)."
+            f"row's schedule; the first epoch (from 0) reaching {onset} per fold; the first epoch at which the mean "
+            "of the last tenth of the row's schedule up to it reaches the teacher's final level on that fold (the "
+            "mean of the teacher's last tenth), per fold (— never)."
+        )
+        return "\n".join(lines)
+
+    def training_time(self) -> str:
+        """What each row costs to train: the sum of its epochs' durations per model, mean over its models."""
+        lines = ["| run | models | epochs | train min per model |", "|---|---|---|---|"]
+        for row in self.profile.rows:
+            if row == "teacher_ensemble":
+                continue
+            files = [
+                self.workspace.result_file(row_job(self.profile, "train", row, f)) for f in self.profile.row_folds(row)
+            ]
+            if not all(f.is_file() for f in files):
+                continue
+            durations = [epoch_durations(f) for f in files]
+            minutes = np.mean([sum(d) / 60 for d in durations])
+            lines.append(f"| {row} | {len(files)} | {np.mean([len(d) for d in durations]):.0f} | {minutes:.1f} |")
+        lines.append(
+            f"\nOn {self.profile.device}, as measured during the run (other work on the machine slows it: compare rows "
+            "of one run, not runs)."
         )
         return "\n".join(lines)
 
@@ -101,11 +143,15 @@ class Report:
 
         profile, folder = self.profile, self.work / "report"
         folder.mkdir(parents=True, exist_ok=True)
-        runs = {row: load_run(row, [self.workspace.predictions(row, f) for f in profile.folds]) for row in profile.rows}
+        runs = {
+            row: load_run(row, [self.workspace.predictions(row, f) for f in profile.row_folds(row)])
+            for row in profile.rows
+        }
         sections, test = [], {}
         for baseline, names in profile.comparisons().items():
-            rows = compare_runs([runs[name] for name in names], baseline, "teacher")
-            markdown = format_markdown(rows, baseline, "teacher", runs["teacher"].tolerances_mm)
+            teacher = None if baseline == "teacher" else "teacher"  # against the teacher itself: no gap to recover
+            rows = compare_runs([runs[name] for name in names], baseline, teacher)
+            markdown = format_markdown(rows, baseline, teacher, runs["teacher"].tolerances_mm)
             # the comparison against the half-width student in report/, each other one in report/vs_BASELINE/
             write_comparison(rows, markdown, folder if not sections else folder / f"vs_{baseline}")
             sections.append(markdown if not sections else f"## Test-set comparison against `{baseline}`\n\n{markdown}")
@@ -137,7 +183,7 @@ class Report:
         )  # fmt: skip
         markdown = self._markdown(
             comparison,
-            self.cross_validation() + "\n\n" + self.training_curves(),
+            self.cross_validation() + "\n\n" + self.training_curves() + "\n\n" + self.training_time(),
             efficiency,
             step_overhead,
             [folder / "phantom_samples.png", *figures],
@@ -263,6 +309,14 @@ class Report:
         if not p.base_features and not p.batch_size:
             return "none (nnU-Net's plans)"
         return f"features per stage min({p.base_features}·2^i, {p.max_features}), batch size {p.batch_size}"
+
+
+def _first_window_at(curve: np.ndarray, level: float) -> str:
+    """The first epoch whose trailing window (a tenth of the schedule) has a mean pseudo-Dice ≥ ``level``, or —."""
+    width = max(1, len(curve) // 10)
+    means = np.convolve(curve, np.ones(width) / width, mode="valid")  # means[i]: epochs i .. i + width - 1
+    reached = np.flatnonzero(means >= level)
+    return str(reached[0] + width - 1) if reached.size else "—"
 
 
 def _pseudo_dice(checkpoint: Path) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 
 from nnunet_hlfd.benchmark.jobs import Job, benchmark_splits, row_job
 from nnunet_hlfd.benchmark.phantom import write_phantoms
-from nnunet_hlfd.benchmark.profiles import PLANS, ROWS, TEACHER_TRAINER, Profile, Variant
+from nnunet_hlfd.benchmark.profiles import PLANS, ROWS, SINGLE_MODEL_ROWS, TEACHER_TRAINER, Profile, Variant
 from nnunet_hlfd.errors import BenchmarkError
 from nnunet_hlfd.evaluation.evaluate import read_task, resolve_tolerances
 from nnunet_hlfd.files import write_text
@@ -66,7 +66,7 @@ class Workspace:
         folder = self.model_folder(trainer, plans)
         return sorted({c.parent for c in folder.glob("fold_*/checkpoint_*.pth")}) if folder.is_dir() else []
 
-    def predictions(self, row: str, fold: int) -> Path:
+    def predictions(self, row: str, fold: int | str) -> Path:
         return self.work / "predictions" / row / f"fold_{fold}"
 
     def result_file(self, job: Job) -> Path:
@@ -187,7 +187,10 @@ class Workspace:
 
     def validation_dice(self, row: str, folds: tuple[int, ...] | None = None) -> dict[str, np.ndarray] | None:
         """nnU-Net's final validation Dice of a row per label/region name, one value per fold (default: the folds
-        run); None until every fold has its ``validation/summary.json``."""
+        run); None until every fold has its ``validation/summary.json``, and for a single-model row (the ensemble
+        is not validated, the student of fold 'all' trained on every validation case)."""
+        if row in SINGLE_MODEL_ROWS:
+            return None
         summaries = [
             self.result_file(row_job(self.profile, "train", row, f)).parent / "validation" / "summary.json"
             for f in (folds or self.profile.folds)
@@ -196,3 +199,12 @@ class Workspace:
             return None
         means = [json.loads(s.read_text())["mean"] for s in summaries]
         return {name: np.array([m[label]["Dice"] for m in means]) for label, name in self.label_names().items()}
+
+
+def epoch_durations(checkpoint: Path) -> list[float]:
+    """Seconds per epoch of a trained model, from nnU-Net's timestamps in its checkpoint (a run resumed in pieces
+    counts only its epochs)."""
+    import torch
+
+    logging = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    return [end - start for start, end in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]

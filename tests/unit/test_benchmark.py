@@ -327,6 +327,52 @@ def test_the_multi_teacher_row_trains_from_the_limit_trained_teachers_of_its_fol
     assert TEACHERS_ENV not in calls[-1][1]
 
 
+def test_the_fold_ensemble_rows_are_one_model_each_after_every_teacher_fold(tmp_path, monkeypatch):
+    """The teacher's folds predicting together (-f 0 1 2), and its ensemble distilled into one student trained on fold
+    'all' from exactly those folds (not the limit-trained teachers of the same results folder)."""
+    from nnunet_hlfd.runtime import TEACHERS_ENV
+
+    smoke = with_rows(
+        replace(PROFILES["smoke"], cv_folds=3), ["student_init", "fold_ensemble_init", "teacher_ensemble"]
+    )
+    profile = with_folds(smoke, [1])
+    jobs = [(j.kind, j.row, j.fold) for j in planned_jobs(profile)]
+    assert jobs == [
+        *[("train", "teacher", f) for f in (0, 1, 2)],  # every fold's teacher, though only fold 1 is run
+        ("train", "student", 1), ("train", "student_init", 1),
+        ("train", "fold_ensemble_init", "all"),  # after the per-fold rows
+        ("predict", "teacher", 1), ("predict", "student", 1), ("predict", "student_init", 1),
+        ("predict", "fold_ensemble_init", "all"), ("predict", "teacher_ensemble", "ensemble"),
+    ]  # fmt: skip
+    assert profile.row_folds("teacher_ensemble") == ("ensemble",) and profile.row_folds("student") == (1,)
+    assert profile.comparisons()["teacher"] == ["teacher", "fold_ensemble_init", "teacher_ensemble"]
+    assert profile.comparisons()["student"][-2:] == ["fold_ensemble_init", "teacher_ensemble"]
+
+    harness = Harness(profile, tmp_path, tmp_path / "work")
+    calls = []
+    monkeypatch.setattr(harness, "run", lambda args, log, env=None, check=True: calls.append((args, env)) or 0)
+    monkeypatch.setattr(harness, "evaluate", lambda job: None)
+    by_row = {(j.kind, j.row): j for j in planned_jobs(profile)}
+    assert harness.train(by_row["train", "fold_ensemble_init"]) is True
+    args, env = calls[-1]
+    assert args[:6] == ["nnUNetv2_train", "503", "2d", "all", "-tr", ROWS["fold_ensemble_init"]]
+    teachers = [str(harness.model_folder(ROWS["teacher"]) / f"fold_{f}") for f in (0, 1, 2)]
+    assert env[TEACHERS_ENV].split(os.pathsep) == teachers
+
+    def folds_predicted(job):
+        harness.predict(job)
+        args = calls[-1][0]
+        return args[args.index("-f") + 1 : args.index("-tr")], args[args.index("-tr") + 1], args[args.index("-o") + 1]
+
+    assert folds_predicted(by_row["predict", "teacher_ensemble"]) == (
+        ["0", "1", "2"], ROWS["teacher"], str(harness.predictions("teacher_ensemble", "ensemble"))
+    )  # fmt: skip
+    assert folds_predicted(by_row["predict", "fold_ensemble_init"])[0] == ["all"]
+    assert harness.validation_dice("teacher_ensemble") is None  # not the teacher's cross-validation again
+    with pytest.raises(BenchmarkError, match="is not one of the rows"):
+        with_variants(profile, [("fe_t1", "fold_ensemble_init", '{"temperature": 1.0}')])
+
+
 def one_case_labels(tmp_path) -> Path:
     """A KiTS19 folder of one real label map (copied from ../shared/data)."""
     labels = tmp_path / "labels"
