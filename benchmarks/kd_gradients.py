@@ -1,7 +1,8 @@
 """Where does a pixel-level distillation loss push the tumour? Gradients per reference class, on real batches.
 
 For the benchmark's converged teacher of one fold and a student of the same fold (its seeded initialisation, as
-every row starts, or a trained checkpoint), on nnU-Net's own training batches (foreground-oversampled patches,
+every random-init row starts; its weights selected from the teacher's, as every ``_init`` row starts, with
+``--init teacher``; or a trained checkpoint), on nnU-Net's own training batches (foreground-oversampled patches,
 deep-supervision targets), it takes the gradient of each loss with respect to the student's final logits z and
 sums it per logit channel over the voxels of each ground-truth class:
 
@@ -14,6 +15,7 @@ logit on tumour voxels; a per-voxel mean over a patch that is mostly background 
     python benchmarks/kd_gradients.py benchmarks/work/kits19_cpu --fold 0
     python benchmarks/kd_gradients.py benchmarks/work/kits19_cpu --fold 0 --student-checkpoint \\
         benchmarks/work/kits19_cpu/nnUNet_results/Dataset504_KiTSPhantomCpu/nnUNetTrainerStudent__nnUNetPlans__2d/fold_0/checkpoint_final.pth
+    python benchmarks/kd_gradients.py benchmarks/work/kits19_cpu --fold 0 --init teacher
 """
 
 import argparse
@@ -33,6 +35,7 @@ from nnunet_hlfd.losses import class_balanced_soft_kl, cwd_loss, soft_kl, soft_p
 from nnunet_hlfd.runtime import model_folder
 
 TEMPERATURE = 4.0
+STARTS = {"random": "seeded initialisation", "teacher": "inherited from the teacher (l1)"}
 
 
 def divergences(z: torch.Tensor, teacher: torch.Tensor, classes: torch.Tensor, regions: bool) -> dict:
@@ -61,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--batches", type=int, default=20, help="nnU-Net training batches to sum over")
     parser.add_argument("--student-checkpoint", type=Path, help="default: the student's seeded initialisation")
+    parser.add_argument("--init", choices=("random", "teacher"), default="random",
+                        help="without a checkpoint: the seeded initialisation, or the weights selected from the "
+                        "teacher's (L1, as the _init rows start)")  # fmt: skip
     args = parser.parse_args(argv)
     work = args.work.resolve()
     dataset = next((work / "nnUNet_preprocessed").iterdir()).name
@@ -90,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.student_checkpoint:
         weights = torch.load(args.student_checkpoint, map_location="cpu", weights_only=False)["network_weights"]
         trainer.network.load_state_dict(weights)
+    elif args.init == "teacher":
+        from nnunet_hlfd.inheritance import inherit_weights
+
+        inherit_weights(teacher_network, trainer.network, "l1")
     student = trainer.network.eval()  # no dropout; instance norm uses the batch's own statistics either way
     loader, _ = trainer.get_dataloaders()
     regions = trainer.label_manager.has_regions
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Fold {args.fold}, {args.batches} nnU-Net training batches ({int(voxels.sum()):,} voxels: "
         + ", ".join(f"{n} {v / voxels.sum():.1%}" for n, v in zip(names, voxels))
-        + f"); student: {args.student_checkpoint or 'seeded initialisation'}; T = {TEMPERATURE}, weight 1.\n"
+        + f"); student: {args.student_checkpoint or STARTS[args.init]}; T = {TEMPERATURE}, weight 1.\n"
     )
     header = [f"push on the {names[tumour]} logit at {n} voxels" for n in names] + [
         f"share of |push| on the {names[tumour]} logit from background voxels"
