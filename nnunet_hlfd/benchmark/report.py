@@ -16,6 +16,7 @@ import numpy as np
 from nnunet_hlfd.benchmark.jobs import row_job
 from nnunet_hlfd.benchmark.phantom import plot_phantom_samples
 from nnunet_hlfd.benchmark.profiles import (
+    ALL_FOLDS,
     HALF_TEACHERS,
     PROFILES,
     REFERENCE_ROWS,
@@ -121,7 +122,7 @@ class Report:
         """What each row costs to train: the sum of its epochs' durations per model, mean over its models."""
         lines = ["| run | models | epochs | train min per model |", "|---|---|---|---|"]
         for row in self.profile.rows:
-            if row == "teacher_ensemble":
+            if SINGLE_MODEL_ROWS.get(row) == ALL_FOLDS:  # the teacher's folds together: no training of its own
                 continue
             files = [
                 self.workspace.result_file(row_job(self.profile, "train", row, f)) for f in self.profile.row_folds(row)
