@@ -68,7 +68,9 @@ def test_smoke_profile_end_to_end_in_two_pieces(tmp_path):
     assert summary["test"]["hlfd_t1"]["tumor"]["baseline"] == "student"  # the random-init student of its width
     assert set(summary["test"]["hlfd_t1"]["tumor"]) >= {"mean", "std", "delta_vs_baseline", "p_value", "gap_recovered"}
     assert set(summary["cross_validation_dice"]["teacher"]) == {"kidney", "tumor"}
-    assert "tumor ≥ 0.05, per fold" in report  # when each row learns each structure
+    assert "tumor ≥ 0.05, per fold" in report and "tumor ≥ teacher, per fold" in report  # when each row learns
+    training_time = report.split("| run | models | epochs | train min per model |")[1].split("\n\n")[0]
+    assert "\n| teacher | 1 | 2 | " in training_time and "\n| hlfd_t1 | 1 | 1 | " in training_time
     assert "NSD@1mm" in report.split("### tumor")[1]
 
     # other NSD tolerances: the finished predictions are evaluated again, nothing is trained or predicted

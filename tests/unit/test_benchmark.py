@@ -165,6 +165,17 @@ def test_each_row_is_compared_with_the_student_alone_of_its_width_and_its_start(
     assert alone.comparisons() == {"student": ["teacher", "student", "hlfd_init", "hlfd_w025_init"]}
 
 
+def test_the_epoch_a_row_reaches_the_teachers_level_is_that_of_its_trailing_window():
+    from nnunet_hlfd.benchmark.report import _first_window_at
+
+    curve = np.array(
+        [0.0, 0.2, 0.9, 0.5, 0.95, 0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    )
+    # 20 epochs: a window of 2; epochs (1, 2) average 0.55, (2, 3) 0.70, (4, 5) 0.925
+    assert _first_window_at(curve, 0.55) == "2" and _first_window_at(curve, 0.7) == "3"
+    assert _first_window_at(curve, 0.92) == "5" and _first_window_at(curve, 0.96) == "—"
+
+
 def test_variants_are_rows_on_a_copy_of_the_plans_and_bad_ones_are_refused(tmp_path, plans):
     profile = with_variants(
         with_rows(PROFILES["cpu"], ["hlfd"]), [("hlfd_t1", "hlfd", '{"temperature": 1, "alpha": 0.5}')]
