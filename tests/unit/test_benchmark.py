@@ -56,7 +56,7 @@ def test_split_holds_out_a_test_set_and_nests_the_limit_trained_teachers():
 
 def test_every_row_is_a_benchmark_trainer_and_teachers_train_first():
     assert set(ROWS.values()) <= set(TRAINERS)  # multi-teacher and contrastive KD included
-    for name in ("hlfd", "hlfd_paper", "student", "cwd", "logit_kd", "at"):
+    for name in ("student", "student_init", "hlfd", "hlfd_paper", "cwd_init", "at_init"):
         assert name in PROFILES["cpu"].rows
     profile = with_rows(PROFILES["cpu"], ["hlfd", "multi_teacher", "multi_scale_contrastive"])
     jobs = planned_jobs(profile)
