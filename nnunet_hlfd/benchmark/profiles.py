@@ -54,6 +54,7 @@ SINGLE_MODEL_ROWS = {"teacher_ensemble": ALL_FOLDS, "fold_ensemble_init": FOLD_A
 # inherited student against the inherited student alone, the baseline distillation on top of inheritance must beat.
 WIDTH_BASELINES = {"student_w025_init": "student_w025", "hlfd_w025_init": "student_w025"}
 INHERITED_BASELINES = {
+    "hlfd": "student_init",  # nnUNetTrainerHLFD starts from its teacher's weights
     "hlfd_init": "student_init",
     "cwd_init": "student_init",
     "at_init": "student_init",
@@ -183,7 +184,7 @@ PROFILES = {
     "cpu": Profile(
         "cpu", "2d", "cpu", PhantomSettings(in_plane_mm=2.0, slice_mm=4.0),
         Schedule(50, 25, 5, True, seed=0, test_time_mirroring=False), 504,
-        rows=("teacher", "student", "hlfd", "hlfd_paper", "cwd", "logit_kd", "at"),
+        rows=("teacher", "student", "student_init", "hlfd", "hlfd_paper", "cwd_init", "at_init"),
         teacher_schedule=Schedule(100, 25, 5, True, seed=0, test_time_mirroring=False),
         teacher_min_dice=(("tumor", 0.6),), base_features=16, max_features=256, batch_size=8,
         data_augmentation_workers=0,

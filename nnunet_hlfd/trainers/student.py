@@ -214,14 +214,27 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
         super().initialize()
         self._after_network_built()
         self.print_to_log_file(self._parameter_report())
+        self._built_weights = weights_fingerprint(self.student_network())
 
     # ---- weight inheritance ------------------------------------------------------------------------------
     inheritance_record: dict | None = None  # the teacher and the selection the weights came from
     resumed = False  # True once a checkpoint of this student was loaded (--c): it is not inherited again
 
     def on_train_start(self) -> None:
+        if not self.was_initialized:  # as nnU-Net's on_train_start would, to compare the weights with those built
+            self.initialize()
+        inherits = self.hlfd_options["init"] == "teacher" and not self.resumed
+        if inherits and weights_fingerprint(self.student_network()) != self._built_weights:
+            # nnUNetv2_train -pretrained_weights loads its weights between initialize() and here: inheriting would
+            # silently replace them
+            raise OptionError(
+                'The student has "init": "teacher" (weight inheritance) and was also given start weights '
+                "(nnUNetv2_train -pretrained_weights): the teacher's would replace them. Choose one: leave out "
+                "-pretrained_weights, or start from random weights (a trainer without _init, or "
+                '"init": "random" in the plans\' "hlfd" block; nnUNetTrainerHLFD_paper for HLFD).'
+            )
         super().on_train_start()
-        if self.hlfd_options["init"] == "teacher" and not self.resumed:
+        if inherits:
             self._inherit_from_teacher()
 
     def _inheritance_teacher(self) -> torch.nn.Module:
@@ -282,6 +295,11 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
 
     def _parameter_report(self) -> str:
         return f"Student parameters: {count_parameters(self.student_network()):,} (width {self.hlfd_options['width']})"
+
+
+def weights_fingerprint(network: torch.nn.Module) -> list[float]:
+    """A float64 sum per parameter and buffer: changed by any load of other weights (a cheap stand-in for a copy)."""
+    return [float(t.detach().double().sum()) for t in network.state_dict().values()]
 
 
 class nnUNetTrainerStudent_w025(nnUNetTrainerStudent):

@@ -218,6 +218,34 @@ def test_an_inherited_student_records_its_teacher_and_resumes_from_its_own_check
     assert segmentation.shape == (16, 32, 32)
 
 
+def test_start_weights_from_pretrained_weights_are_not_replaced_by_inheritance(env, tmp_path):
+    """nnUNetv2_train -pretrained_weights loads its weights after initialize(): a student that would then inherit the
+    teacher's is refused before training (its weights would be silently replaced); one from random weights keeps
+    them."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from nnunet_hlfd.errors import OptionError
+
+    def started(plans: str):
+        with nnunet_variables(env):
+            trainer = get_trainer_from_args(
+                str(DATASET_ID), CONFIG, 0, "nnUNetTrainerStudent", plans, device=torch.device("cpu")
+            )
+            trainer.initialize()
+            own = {k: v + 1.0 if v.is_floating_point() else v for k, v in trainer.network.state_dict().items()}
+            torch.save({"network_weights": own}, tmp_path / "pretrained.pth")
+            load_pretrained_weights(trainer.network, str(tmp_path / "pretrained.pth"))  # as nnUNetv2_train does
+            trainer.on_train_start()
+            return trainer, own
+
+    with pytest.raises(OptionError, match="-pretrained_weights"):
+        started(inheriting_plans(env, "nnUNetPlansInheritPretrained"))
+    trainer, own = started(PLANS)  # random init: nnU-Net's pretrained weights stay (the heads are not loaded)
+    kept = trainer.student_network().state_dict()["encoder.stages.0.0.convs.0.conv.weight"]
+    assert torch.equal(kept, own["encoder.stages.0.0.convs.0.conv.weight"])
+
+
 def test_inheritance_options_are_checked_before_anything_is_written(env):
     from nnunet_hlfd.errors import OptionError
 

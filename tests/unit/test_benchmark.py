@@ -56,7 +56,7 @@ def test_split_holds_out_a_test_set_and_nests_the_limit_trained_teachers():
 
 def test_every_row_is_a_benchmark_trainer_and_teachers_train_first():
     assert set(ROWS.values()) <= set(TRAINERS)  # multi-teacher and contrastive KD included
-    for name in ("hlfd", "hlfd_paper", "student", "cwd", "logit_kd", "at"):
+    for name in ("student", "student_init", "hlfd", "hlfd_paper", "cwd_init", "at_init"):
         assert name in PROFILES["cpu"].rows
     profile = with_rows(PROFILES["cpu"], ["hlfd", "multi_teacher", "multi_scale_contrastive"])
     jobs = planned_jobs(profile)
@@ -156,7 +156,7 @@ def test_each_row_is_compared_with_the_student_alone_of_its_width_and_its_start(
         # the half-width random-init student: every half-width row, and the quarter-width student itself
         "student": ["teacher", "student", "hlfd", "student_init", "hlfd_init", "student_w025", "hlfd_init_t1"],
         # distillation on an inherited student must beat the inherited student alone (a variant as its row)
-        "student_init": ["teacher", "student_init", "hlfd_init", "hlfd_init_t1"],
+        "student_init": ["teacher", "student_init", "hlfd", "hlfd_init", "hlfd_init_t1"],
         "student_w025": ["teacher", "student_w025", "student_w025_init", "hlfd_w025_init"],
         "student_w025_init": ["teacher", "student_w025_init", "hlfd_w025_init"],
     }
