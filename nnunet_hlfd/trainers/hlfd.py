@@ -7,8 +7,8 @@ from nnunet_hlfd.trainers.distillation import nnUNetTrainerDistillation
 class nnUNetTrainerHLFD(nnUNetTrainerDistillation):
     """HLFD with a half-width student that starts from its teacher's weights (weight inheritance, then
     distillation): on the KiTS phantom benchmark's cross-validation it beat HLFD from random weights on every fold
-    (docs/benchmarks.md). Its HLFD options are the authors' recipe: no other combination beat it. A configuration that
-    does becomes this default; ``nnUNetTrainerHLFD_paper`` keeps the authors' recipe and random start whatever the
+    (tumour Dice 0.644 against 0.578, docs/benchmarks.md). Its HLFD options are the authors' recipe: no other
+    combination beat it. ``nnUNetTrainerHLFD_paper`` keeps the authors' recipe and random start whatever the
     default."""
 
     method_class = HLFD
