@@ -48,14 +48,14 @@ class Harness(Workspace):
         env = dict(self.env)
         if self.deadline is not None:
             env[STOP_AFTER_TIME_ENV] = str(self.deadline - self.durations.get("epoch", 0.0))
-        if job.row == "multi_teacher":
-            teachers = [
-                self.model_folder(TEACHER_TRAINER) / f"fold_{t}"
-                for t in half_teacher_folds(job.fold, self.profile.cv_folds)
-            ]
-            env[TEACHERS_ENV] = os.pathsep.join(map(str, teachers))
-        elif job.fold == FOLD_ALL:  # the fold ensemble: the teacher's cross-validation folds, not limit-trained ones
-            teachers = [self.model_folder(TEACHER_TRAINER) / f"fold_{t}" for t in range(self.profile.cv_folds)]
+        teacher_folds = (
+            half_teacher_folds(job.fold, self.profile.cv_folds) if job.row == "multi_teacher"
+            # the fold ensemble: the teacher's cross-validation folds, not the limit-trained ones beside them
+            else range(self.profile.cv_folds) if job.fold == FOLD_ALL
+            else None
+        )  # fmt: skip
+        if teacher_folds is not None:
+            teachers = [self.model_folder(TEACHER_TRAINER) / f"fold_{t}" for t in teacher_folds]
             env[TEACHERS_ENV] = os.pathsep.join(map(str, teachers))
         args = ["nnUNetv2_train", str(self.profile.dataset_id), self.profile.configuration, str(job.fold), "-tr",
                 job.trainer, "-p", job.plans, "-device", self.profile.device]  # fmt: skip

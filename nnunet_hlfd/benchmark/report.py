@@ -25,7 +25,7 @@ from nnunet_hlfd.benchmark.profiles import (
     TEACHER_TRAINER,
     Profile,
 )
-from nnunet_hlfd.benchmark.workspace import Workspace, epoch_durations
+from nnunet_hlfd.benchmark.workspace import Workspace, epoch_durations, training_log
 from nnunet_hlfd.files import write_text
 
 
@@ -79,17 +79,13 @@ class Report:
         header = [f"{n} {int(q * 100)} %" for n in names for q in quarters]
         header += [f"{n} ≥ {onset}, per fold" for n in names] + [f"{n} ≥ teacher, per fold" for n in names]
         lines = ["| run | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
-        teacher_files = [
-            self.workspace.result_file(row_job(self.profile, "train", "teacher", f)) for f in self.profile.folds
-        ]
-        teachers = [_pseudo_dice(f) for f in teacher_files] if all(f.is_file() for f in teacher_files) else None
+        teachers = self._pseudo_dice_per_fold("teacher")
         for row in self.profile.rows:
             if row in SINGLE_MODEL_ROWS:  # no training, or one on fold 'all' whose validation cases it trained on
                 continue
-            files = [self.workspace.result_file(row_job(self.profile, "train", row, f)) for f in self.profile.folds]
-            if not all(f.is_file() for f in files):
+            curves = teachers if row == "teacher" else self._pseudo_dice_per_fold(row)
+            if curves is None:
                 continue
-            curves = [_pseudo_dice(f) for f in files]  # (epochs, labels) per fold
             cells = []
             for k in range(len(names)):
                 for q in quarters:
@@ -117,6 +113,14 @@ class Report:
             "mean of the teacher's last tenth), per fold (— never)."
         )
         return "\n".join(lines)
+
+    def _pseudo_dice_per_fold(self, row: str) -> list[np.ndarray] | None:
+        """(epochs, labels/regions) pseudo-Dice that nnU-Net logged while training the row, per fold run; None until
+        every fold has trained."""
+        files = [self.workspace.result_file(row_job(self.profile, "train", row, f)) for f in self.profile.folds]
+        if not all(f.is_file() for f in files):
+            return None
+        return [np.array(training_log(f)["dice_per_class_or_region"], dtype=np.float64) for f in files]
 
     def training_time(self) -> str:
         """What each row costs to train: the sum of its epochs' durations per model, mean over its models."""
@@ -318,14 +322,6 @@ def _first_window_at(curve: np.ndarray, level: float) -> str:
     means = np.convolve(curve, np.ones(width) / width, mode="valid")  # means[i]: epochs i .. i + width - 1
     reached = np.flatnonzero(means >= level)
     return str(reached[0] + width - 1) if reached.size else "—"
-
-
-def _pseudo_dice(checkpoint: Path) -> np.ndarray:
-    """(epochs, labels/regions) pseudo-Dice that nnU-Net logged during training."""
-    import torch
-
-    logging = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
-    return np.array(logging["dice_per_class_or_region"], dtype=np.float64)
 
 
 def dice_summary(rows: list[dict]) -> dict:

@@ -201,10 +201,15 @@ class Workspace:
         return {name: np.array([m[label]["Dice"] for m in means]) for label, name in self.label_names().items()}
 
 
+def training_log(checkpoint: Path) -> dict:
+    """nnU-Net's per-epoch log in a checkpoint: losses, pseudo-Dice, epoch timestamps."""
+    import torch
+
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+
+
 def epoch_durations(checkpoint: Path) -> list[float]:
     """Seconds per epoch of a trained model, from nnU-Net's timestamps in its checkpoint (a run resumed in pieces
     counts only its epochs)."""
-    import torch
-
-    logging = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    logging = training_log(checkpoint)
     return [end - start for start, end in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]

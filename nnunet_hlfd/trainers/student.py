@@ -214,7 +214,8 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
         super().initialize()
         self._after_network_built()
         self.print_to_log_file(self._parameter_report())
-        self._built_weights = weights_fingerprint(self.student_network())
+        # only a student that will inherit compares its weights at the start of training (see on_train_start)
+        self._built_weights = weights_fingerprint(self.student_network()) if self._will_inherit() else None
 
     # ---- weight inheritance ------------------------------------------------------------------------------
     inheritance_record: dict | None = None  # the teacher and the selection the weights came from
@@ -223,7 +224,7 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
     def on_train_start(self) -> None:
         if not self.was_initialized:  # as nnU-Net's on_train_start would, to compare the weights with those built
             self.initialize()
-        inherits = self.hlfd_options["init"] == "teacher" and not self.resumed
+        inherits = self._will_inherit()
         if inherits and weights_fingerprint(self.student_network()) != self._built_weights:
             # nnUNetv2_train -pretrained_weights loads its weights between initialize() and here: inheriting would
             # silently replace them
@@ -236,6 +237,10 @@ class nnUNetTrainerStudent(PlannedSchedule, nnUNetTrainer):
         super().on_train_start()
         if inherits:
             self._inherit_from_teacher()
+
+    def _will_inherit(self) -> bool:
+        """Does this run start from the teacher's weights? Not once it resumed from its own checkpoint (--c)."""
+        return self.hlfd_options["init"] == "teacher" and not self.resumed
 
     def _inheritance_teacher(self) -> torch.nn.Module:
         """The trained network the weights are selected from: the (first) teacher, built on the CPU."""
