@@ -27,6 +27,22 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     export.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint to export (default: %(default)s)")
     export.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="also write each fold's int8 network (ONNX Runtime static quantization, QDQ), calibrated on training "
+        "images; predict runs it. Its cost in Dice: measure it with nnunet_hlfd efficiency on a test set",
+    )
+    export.add_argument(
+        "--calibration_images",
+        help="training images to calibrate int8 on (default: $nnUNet_raw/DATASET/imagesTr of the model's dataset); "
+        "never the test set",
+    )
+    export.add_argument(
+        "--calibration_cases",
+        type=int,
+        help="how many of them (the first, sorted; up to 8 sliding-window tiles each; default: 4)",
+    )
+    export.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the bundle at -o: only a folder that export wrote (its bundle.json lists every file in it); "
@@ -44,6 +60,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("-i", required=True, help="input folder (CASE_0000.nii.gz ..., as for nnUNetv2_predict)")
     predict.add_argument("-o", required=True, help="output folder")
     predict.add_argument("-f", nargs="+", help="folds of the bundle to ensemble (default: all it holds)")
+    predict.add_argument(
+        "--float",
+        action="store_true",
+        dest="float_network",
+        help="run the float networks of a bundle exported with --quantize int8 (default: its int8 networks)",
+    )
     predict.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (default: %(default)s)")
     predict.add_argument("--disable_tta", action="store_true", help="no mirroring: faster, usually a little worse")
     predict.add_argument(
@@ -75,14 +97,32 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from nnunet_hlfd.deploy.bundle import export_bundle, parse_folds
+    from nnunet_hlfd.deploy.bundle import Quantization, export_bundle, parse_folds
 
-    manifest = export_bundle(Path(args.model), parse_folds(args.f), Path(args.o), args.chk, args.overwrite)
+    if args.quantize is None and (args.calibration_images is not None or args.calibration_cases is not None):
+        raise DeployError("--calibration_images/--calibration_cases calibrate --quantize int8: add --quantize int8")
+    quantization = None
+    if args.quantize is not None:
+        quantization = Quantization(args.quantize)
+        if args.calibration_images is not None:
+            quantization.images = Path(args.calibration_images)
+        if args.calibration_cases is not None:
+            quantization.case_count = args.calibration_cases
+    manifest = export_bundle(
+        Path(args.model), parse_folds(args.f), Path(args.o), args.chk, args.overwrite, quantization=quantization
+    )
     size, source = manifest["bundle_bytes"], manifest["results_folder_bytes"]
     print(
         f"wrote {args.o}: folds {', '.join(manifest['folds'])}, {manifest['parameters']:,} parameters, "
         f"{size / 2**20:.1f} MiB ({size / source:.0%} of the folds' results folders, {source / 2**20:.1f} MiB)"
     )
+    if manifest["quantization"]:
+        quantized = manifest["quantization"]
+        print(
+            f"int8: calibrated on {len(quantized['calibration_cases'])} case(s), {quantized['calibration_tiles']} tiles; "
+            "predict runs the int8 networks (--float: the float ones). Measure its Dice cost on a test set with "
+            f"nnunet_hlfd efficiency float={args.model} int8={args.o} --backend onnx -i IMAGES -r LABELS --cases 0"
+        )
     print(
         f"predict: nnunet_hlfd predict {args.o} -i IMAGES -o OUT   (or nnUNetv2_predict_from_modelfolder -m {args.o})"
     )
@@ -110,6 +150,7 @@ def _predict(args: argparse.Namespace) -> None:
         device=device,
         providers=args.provider,
         allow_tqdm=not args.disable_progress_bar,
+        float_network=args.float_network,
     )
     checked_input_cases(Path(args.i), predictor.dataset_json)  # every input whole, named and of the model's channels
     output.mkdir(parents=True, exist_ok=True)

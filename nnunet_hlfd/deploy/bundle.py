@@ -7,6 +7,8 @@
       plans.json  dataset.json     as in the results folder (nnU-Net's preprocessing and export read them)
       fold_X/network.onnx          the network without deep-supervision heads; dynamic batch, the plans' patch size
       fold_X/checkpoint_final.pth  weights only (no optimizer, no distillation adapters, no logs)
+      fold_X/network_int8.onnx     with --quantize int8: the network quantized (QDQ), calibrated on training cases;
+                                   ``predict`` runs it (``--float``: the float one)
 
 The folder is also an nnU-Net model folder: ``nnUNetv2_predict_from_modelfolder -m BUNDLE -f X`` loads it. When the
 trainer builds nnU-Net's network from the plans (every trainer of this package, and nnU-Net's own), the checkpoint
@@ -31,12 +33,24 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nnunet_hlfd.deploy.quantize import (
+    DEFAULT_CALIBRATION_CASES,
+    INT8,
+    INT8_FILE,
+    QUANTIZATIONS,
+    calibration_cases,
+    calibration_tiles,
+    default_calibration_images,
+    int8_agreement,
+    quantize_int8,
+)
 from nnunet_hlfd.errors import DeployError
 from nnunet_hlfd.files import file_sha256, output_folder
 
@@ -234,8 +248,12 @@ def check_replaceable(output: Path, model: Path) -> None:
         )
 
 
-def _refuse_before_writing(folder: Path, folds: list, output: Path, checkpoint: str, overwrite: bool) -> dict:
+def _refuse_before_writing(
+    folder: Path, folds: list, output: Path, checkpoint: str, overwrite: bool, quantization: Quantization | None
+) -> dict:
     """fold -> checkpoint, after every check that needs no network (each checkpoint read whole)."""
+    if quantization is not None and quantization.kind not in QUANTIZATIONS:
+        raise DeployError(f"--quantize {quantization.kind}: choose among {list(QUANTIZATIONS)}")
     if not folds:
         raise DeployError("no fold given: pass -f 0 (or several, e.g. -f 0 1 2 3 4, for an ensemble)")
     files = finished_checkpoints(folder, folds, checkpoint)
@@ -248,7 +266,23 @@ def _refuse_before_writing(folder: Path, folds: list, output: Path, checkpoint: 
     output_folder(output)  # not below a file
     for path in files.values():
         _load_checkpoint(path)  # before nnU-Net's loader reads it: a truncated file is refused with its name
+    if quantization is not None:
+        dataset_json = json.loads((folder / "dataset.json").read_text())
+        images = quantization.images or default_calibration_images(folder)
+        quantization.cases = calibration_cases(images, dataset_json, quantization.case_count)
+        quantization.images = images
     return files
+
+
+@dataclass
+class Quantization:
+    """What ``--quantize`` asks for: the kind, and the training images it is calibrated on (``None``: the dataset's
+    imagesTr in nnUNet_raw); ``cases`` is filled in by the checks before anything is written."""
+
+    kind: str = INT8
+    images: Path | None = None
+    case_count: int = DEFAULT_CALIBRATION_CASES
+    cases: dict = field(default_factory=dict)
 
 
 def _export_fold(network: torch.nn.Module, path: Path, fold_folder: Path, input_shape: tuple, trainer: str) -> dict:
@@ -274,9 +308,10 @@ def export_bundle(
     checkpoint: str = CHECKPOINT,
     overwrite: bool = False,
     log=print,
+    quantization: Quantization | None = None,
 ) -> dict:
     """Writes the bundle of ``folds`` of the results ``folder`` to ``output`` (whole or not at all); returns its
-    manifest."""
+    manifest. With ``quantization``, each fold also gets its int8 network."""
     import onnx
     import onnxruntime
 
@@ -284,7 +319,7 @@ def export_bundle(
     from nnunet_hlfd.deploy.trained import load_predictor
 
     folder, output = Path(folder), Path(output)
-    files = _refuse_before_writing(folder, folds, output, checkpoint, overwrite)
+    files = _refuse_before_writing(folder, folds, output, checkpoint, overwrite, quantization)
     predictor = load_predictor(folder, folds[0], checkpoint, torch.device("cpu"))
     previous_stage = predictor.configuration_manager.previous_stage_name
     if previous_stage is not None:
@@ -311,6 +346,9 @@ def export_bundle(
             )
             log(f"fold {fold}: ONNX Runtime vs PyTorch on a random batch: max |difference| "
                 f"{record['onnx_vs_pytorch_max_abs']:.2g}")  # fmt: skip
+        quantized = None
+        if quantization is not None:
+            quantized = _quantize_folds(predictor, quantization, partial, records, log)
         hashed = sorted(str(p.relative_to(partial)) for p in partial.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
@@ -326,6 +364,7 @@ def export_bundle(
             "parameters": count_parameters(predictor.network),
             "opset": OPSET,
             "export_tolerance": EXPORT_TOLERANCE,
+            "quantization": quantized,
             "fold_records": records,
             "files": {name: file_sha256(partial / name) for name in hashed},
             "versions": {
@@ -342,6 +381,27 @@ def export_bundle(
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # ours; gone already when the bundle is in place
     return manifest
+
+
+def _quantize_folds(predictor, quantization: Quantization, partial: Path, records: dict, log) -> dict:
+    """Each fold's int8 network beside its float one, calibrated on the same tiles; the agreement of the two goes
+    into the fold's record. Returns the manifest's ``quantization``."""
+    log(f"int8: calibrating on {len(quantization.cases)} case(s) of {quantization.images}")
+    tiles = calibration_tiles(predictor, quantization.cases)
+    settings = {}
+    for fold, record in records.items():
+        float_onnx, int8_onnx = partial / fold_name(fold) / ONNX_FILE, partial / fold_name(fold) / INT8_FILE
+        settings = quantize_int8(float_onnx, int8_onnx, tiles, INPUT_NAME)
+        record["int8_vs_float"] = agreement = int8_agreement(float_onnx, int8_onnx, tiles, INPUT_NAME)
+        log(f"fold {fold}: int8 vs float on the {len(tiles)} calibration tiles: same class in "
+            f"{agreement['argmax_agreement']:.2%} of voxels, largest logit change {agreement['max_abs_logit_change']:.2g}")  # fmt: skip
+    return {
+        **settings,
+        "network_file": INT8_FILE,
+        "calibration_images": str(Path(quantization.images).resolve()),
+        "calibration_cases": sorted(quantization.cases),
+        "calibration_tiles": len(tiles),
+    }
 
 
 def _move_into_place(partial: Path, output: Path) -> None:

@@ -3,7 +3,8 @@
 Preprocessing, the sliding window, its Gaussian weighting, mirroring (TTA), the fold ensemble and the export of
 segmentations are nnU-Net's ``nnUNetPredictor`` unchanged; only the network call is swapped: :class:`OnnxNetwork`
 stands where the PyTorch network stood. nnU-Net loads each fold's weights into its network in turn; here that
-selects the fold's ONNX Runtime session.
+selects the fold's ONNX Runtime session. A bundle exported with ``--quantize int8`` runs its int8 networks unless
+the float ones are asked for.
 """
 
 from __future__ import annotations
@@ -76,7 +77,13 @@ class OnnxNetwork(torch.nn.Module):
         return torch.from_numpy(logits[0]).to(x.device)
 
 
-def open_sessions(bundle: Path, folds: list[str], providers: list[str]) -> dict[str, object]:
+def network_file(manifest: dict, float_network: bool = False) -> str:
+    """The ONNX file each fold runs: the int8 network of a quantized bundle, unless ``float_network``."""
+    quantization = manifest.get("quantization")
+    return ONNX_FILE if float_network or not quantization else quantization["network_file"]
+
+
+def open_sessions(bundle: Path, folds: list[str], providers: list[str], file: str = ONNX_FILE) -> dict[str, object]:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -84,7 +91,7 @@ def open_sessions(bundle: Path, folds: list[str], providers: list[str]) -> dict[
     options.intra_op_num_threads = torch.get_num_threads()
     options.log_severity_level = 3  # errors only: ORT warns about every initializer it folds
     return {
-        fold: onnxruntime.InferenceSession(str(bundle / fold_name(fold) / ONNX_FILE), options, providers=providers)
+        fold: onnxruntime.InferenceSession(str(bundle / fold_name(fold) / file), options, providers=providers)
         for fold in folds
     }
 
@@ -99,8 +106,10 @@ def load_bundle_predictor(
     perform_everything_on_device: bool = True,
     allow_tqdm: bool = True,
     verbose: bool = False,
+    float_network: bool = False,
 ):
-    """An ``nnUNetPredictor`` whose network is an :class:`OnnxNetwork` over the bundle's ``folds`` (default: all)."""
+    """An ``nnUNetPredictor`` whose network is an :class:`OnnxNetwork` over the bundle's ``folds`` (default: all):
+    the int8 networks of a quantized bundle, unless ``float_network``."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -112,7 +121,7 @@ def load_bundle_predictor(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeployError("-device cuda: PyTorch sees no CUDA GPU here; use -device cpu")
     chosen = manifest["chosen_folds"]
-    sessions = open_sessions(bundle, chosen, execution_providers(device, providers))
+    sessions = open_sessions(bundle, chosen, execution_providers(device, providers), network_file(manifest, float_network))
     plans_manager = PlansManager(load_json(str(bundle / "plans.json")))
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's note that a CPU predictor works off the device
         predictor = nnUNetPredictor(

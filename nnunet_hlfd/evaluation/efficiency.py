@@ -332,6 +332,7 @@ def _row(model: _Loaded, setting: Setting, device, cases, shapes, references, ou
         "folds": list(model.spec.folds),
         "device": device.type,
         "backend": setting.backend,
+        "precision": _precision(predictor) if setting.backend == "onnx" else "float32",
         "tta": setting.tta,
         "mirroring_axes": list(predictor.allowed_mirroring_axes) if setting.tta else None,
         "step_size": setting.step,
@@ -353,6 +354,12 @@ def _row(model: _Loaded, setting: Setting, device, cases, shapes, references, ou
         summary = evaluate_folder(folder, references, model.spec.folder / "dataset.json", chill=True, progress=False)
         row["dice"] = {name: c["metrics"]["Dice"]["mean"] for name, c in summary["classes"].items()}
     return row
+
+
+def _precision(predictor) -> str:
+    """int8 for the ONNX Runtime predictor of a bundle exported with --quantize int8 (it runs those networks)."""
+    quantization = getattr(predictor, "bundle_manifest", {}).get("quantization")
+    return quantization["type"] if quantization else "float32"
 
 
 def _max(values) -> float | None:
@@ -396,7 +403,7 @@ def format_markdown(rows: list[dict], repeats: int, hardware_line: str) -> str:
         dice = [("–" if not r["dice"] or r["dice"].get(c) is None else f"{r['dice'][c]:.3f}") for c in classes]
         folds = "" if r["folds"] == ["0"] else f" (folds {', '.join(r['folds'])})"
         cells = [
-            r["model"] + folds, r["device"], r["backend"], "on" if r["tta"] else "off", f"{r['step_size']:g}",
+            r["model"] + folds, r["device"], r["backend"] + (" int8" if r.get("precision") == "int8" else ""), "on" if r["tta"] else "off", f"{r['step_size']:g}",
             f"{r['parameters']:,}", f"{r['macs_per_patch'] / 1e9:.3f}", _seconds(r["seconds"]["preprocessing"]),
             _seconds(r["seconds"]["network"]), _seconds(r["seconds"]["export"]), f"{r['seconds_per_case']:.3f}",
             f"{ratio:.2f}", memory, *dice,

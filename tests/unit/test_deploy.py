@@ -345,3 +345,135 @@ def test_predict_refuses_inputs_it_would_segment_wrongly_before_writing(
 def cut_in_half(path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+
+
+# ---- int8 bundles -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quantized(exported, tmp_path_factory):
+    """The results folder's fold 0 exported with --quantize int8, calibrated on 2 of 3 training images."""
+    results, _ = exported
+    root = tmp_path_factory.mktemp("int8")
+    images = root / "imagesTr"
+    images.mkdir()
+    for case in ("c", "a", "b"):
+        write_image(images / f"case_{case}_0000.nii.gz", shape=(20, 40, 36))
+    bundle = root / "bundle_int8"
+    assert export_cli(results, bundle, "--quantize", "int8", "--calibration_images", str(images),
+                      "--calibration_cases", "2") == 0  # fmt: skip
+    return results, images, bundle
+
+
+def test_int8_bundle_records_its_calibration_and_hashes_the_int8_network(quantized):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunet_hlfd.deploy.quantize import INT8_FILE, MAX_TILES_PER_CASE
+
+    results, images, bundle = quantized
+    manifest = read_bundle(bundle)
+    quantization = manifest["quantization"]
+    assert quantization["type"] == "int8" and quantization["network_file"] == INT8_FILE
+    assert quantization["calibration_cases"] == ["case_a", "case_b"]  # the first two, sorted; never all three
+    assert quantization["calibration_images"] == str(images.resolve())
+    # the tiles nnU-Net's sliding window cuts from each case (its own step computation), at most 8 a case
+    predictor = load_predictor(results, 0, CHECKPOINT, torch.device("cpu"))
+    from nnunet_hlfd.deploy.trained import preprocess_with_properties
+
+    data, _, _ = preprocess_with_properties(predictor, [str(images / "case_a_0000.nii.gz")])
+    padded = np.maximum(data.shape[1:], predictor.configuration_manager.patch_size)  # nnU-Net pads to the patch
+    steps = predictor._internal_get_sliding_window_slicers(tuple(padded))
+    assert len(steps) > 1
+    assert quantization["calibration_tiles"] == 2 * min(len(steps), MAX_TILES_PER_CASE)
+    assert f"fold_0/{INT8_FILE}" in manifest["files"]  # hashed like every file
+    agreement = manifest["fold_records"]["0"]["int8_vs_float"]
+    assert 0.9 <= agreement["argmax_agreement"] <= 1 and agreement["max_abs_logit_change"] > 0
+    # nnU-Net's own predictor still loads the bundle (its float checkpoint)
+    stock = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    stock.initialize_from_trained_model_folder(str(bundle), use_folds=(0,))
+
+
+def test_int8_weights_are_per_channel_symmetric_int8_within_half_a_step(quantized):
+    """Every quantized convolution weight, dequantized by hand (int8 · its channel's scale), is within half a
+    quantization step of the float weight, and each channel's scale is its largest |weight| / 127."""
+    import onnx
+    from onnx import numpy_helper
+
+    from nnunet_hlfd.deploy.quantize import INT8_FILE
+
+    _, _, bundle = quantized
+    model = onnx.load(str(bundle / "fold_0" / INT8_FILE))
+    floats = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(bundle / "fold_0" / ONNX_FILE)).graph.initializer}
+    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    dequantized = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    weights = [n for n in dequantized if initializers[n.input[0]].dtype == np.int8]
+    convolutions = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    assert len(weights) == len(convolutions) > 0  # every convolution's weight is int8
+    checked = 0
+    for node in weights:
+        quantized_weight, scale = initializers[node.input[0]], initializers[node.input[1]]
+        name = node.input[0].removesuffix("_quantized")
+        if name not in floats:
+            continue
+        weight = floats[name].astype(np.float64)
+        channel_axis = next(a.i for a in node.attribute if a.name == "axis") if node.attribute else 0
+        shape = [1] * weight.ndim
+        shape[channel_axis] = -1
+        step = scale.astype(np.float64).reshape(shape)
+        assert np.all(np.abs(quantized_weight * step - weight) <= step / 2 + 1e-7)
+        largest = np.abs(weight).max(axis=tuple(a for a in range(weight.ndim) if a != channel_axis))
+        assert np.allclose(scale, largest / 127, rtol=1e-5)
+        checked += 1
+    assert checked == len(weights)
+
+
+def test_predict_runs_the_int8_network_and_float_on_request(quantized, tmp_path):
+    from nnunet_hlfd.deploy.trained import preprocess_with_properties
+
+    results, images, bundle = quantized
+    predictor = load_predictor(results, 0, CHECKPOINT, torch.device("cpu"))
+    # a case like those it was calibrated on, but not one of them
+    case, _, _ = preprocess_with_properties(predictor, [str(images / "case_c_0000.nii.gz")])
+    float_bundle = tmp_path / "float"
+    assert export_cli(results, float_bundle, "-f", "0") == 0
+    expected = load_bundle_predictor(float_bundle, use_mirroring=False, allow_tqdm=False)
+    expected = expected.predict_logits_from_preprocessed_data(case)
+    on_request = load_bundle_predictor(bundle, use_mirroring=False, allow_tqdm=False, float_network=True)
+    assert torch.equal(on_request.predict_logits_from_preprocessed_data(case), expected)
+    int8 = load_bundle_predictor(bundle, use_mirroring=False, allow_tqdm=False)
+    got = int8.predict_logits_from_preprocessed_data(case)
+    assert not torch.allclose(got, expected, atol=1e-3)  # a different network ran
+    # close to the float network on a case like its calibration cases (measured: 15 % relative change, 98 % same
+    # class with random weights, whose logits lie close together)
+    assert ((got - expected).norm() / expected.norm()).item() < 0.3
+    assert (got.argmax(0) == expected.argmax(0)).float().mean() >= 0.9
+    # and through the command line, segmentations from the int8 network
+    out = tmp_path / "out"
+    main(["predict", str(bundle), "-i", str(images), "-o", str(out), "-device", "cpu", "-npp", "0", "-nps", "0",
+          "--disable_progress_bar"])  # fmt: skip
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_a.nii.gz", "case_b.nii.gz", "case_c.nii.gz"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--quantize", "int8"], r"\$nnUNet_raw/DATASET/imagesTr .* pass --calibration_images"),
+        (["--quantize", "int8", "--calibration_images", "{missing}"], "is not a folder"),
+        (["--quantize", "int8", "--calibration_images", "{empty}"], "no images ending in _0000.nii.gz"),
+        (["--quantize", "int8", "--calibration_images", "{images}", "--calibration_cases", "0"], "at least one case"),
+        (["--calibration_images", "{images}"], "add --quantize int8"),
+    ],
+    ids=["no-images", "missing", "empty", "zero-cases", "no-quantize"],
+)
+def test_int8_export_refuses_bad_calibration_before_writing(quantized, tmp_path, capsys, monkeypatch, extra, message):
+    from nnunetv2 import paths
+
+    results, images, _ = quantized
+    monkeypatch.setattr(paths, "nnUNet_raw", str(tmp_path / "raw"))  # no imagesTr of this dataset there
+    (tmp_path / "empty").mkdir()
+    folders = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "images": images}
+    extra = [e.format(**folders) for e in extra]
+    assert export_cli(results, tmp_path / "bundle", *extra) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bundle").exists() and not list(tmp_path.glob(".partial*"))
