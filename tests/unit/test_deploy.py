@@ -303,10 +303,10 @@ def test_every_bundle_file_is_hashed_and_checked(exported, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def write_image(path, shape=(12, 20, 20)) -> None:
+def write_image(path, shape=(12, 20, 20), seed: int = 0) -> None:
     import SimpleITK as sitk
 
-    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    image = sitk.GetImageFromArray(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
@@ -351,14 +351,16 @@ def cut_in_half(path) -> None:
 
 
 @pytest.fixture(scope="module")
-def quantized(exported, tmp_path_factory):
-    """The results folder's fold 0 exported with --quantize int8, calibrated on 2 of 3 training images."""
-    results, _ = exported
+def quantized(tmp_path_factory):
+    """A results folder (seeded random weights) exported with --quantize int8, calibrated on 2 of 3 training
+    images."""
     root = tmp_path_factory.mktemp("int8")
+    torch.manual_seed(0)
+    results = write_teacher(root, tiny_plans(), TINY_DATASET_JSON)
     images = root / "imagesTr"
     images.mkdir()
-    for case in ("c", "a", "b"):
-        write_image(images / f"case_{case}_0000.nii.gz", shape=(20, 40, 36))
+    for seed, case in enumerate(("c", "a", "b")):
+        write_image(images / f"case_{case}_0000.nii.gz", shape=(20, 40, 36), seed=seed)
     bundle = root / "bundle_int8"
     assert export_cli(results, bundle, "--quantize", "int8", "--calibration_images", str(images),
                       "--calibration_cases", "2") == 0  # fmt: skip
@@ -443,10 +445,10 @@ def test_predict_runs_the_int8_network_and_float_on_request(quantized, tmp_path)
     int8 = load_bundle_predictor(bundle, use_mirroring=False, allow_tqdm=False)
     got = int8.predict_logits_from_preprocessed_data(case)
     assert not torch.allclose(got, expected, atol=1e-3)  # a different network ran
-    # close to the float network on a case like its calibration cases (measured: 15 % relative change, 98 % same
-    # class with random weights, whose logits lie close together)
-    assert ((got - expected).norm() / expected.norm()).item() < 0.3
-    assert (got.argmax(0) == expected.argmax(0)).float().mean() >= 0.9
+    # close to the float network on a case like its calibration cases (measured: 22 % relative change of the
+    # logits, 98.7 % of voxels the same class: random weights put the logits close together)
+    assert ((got - expected).norm() / expected.norm()).item() < 0.35
+    assert (got.argmax(0) == expected.argmax(0)).float().mean() >= 0.95
     # and through the command line, segmentations from the int8 network
     out = tmp_path / "out"
     main(["predict", str(bundle), "-i", str(images), "-o", str(out), "-device", "cpu", "-npp", "0", "-nps", "0",
