@@ -14,7 +14,9 @@ labels, every setting's exported segmentations are evaluated (``nnunet_hlfd eval
 Dice: what a faster setting costs in accuracy.
 
 Models and settings are measured in turns within each case and repeat, so drifting machine load hits all alike;
-times are medians over repeats, averaged over cases. Without images, a random case of the plans' median size is
+times are medians over repeats, averaged over cases. Before timing, one untimed turn on the first case (``warmup
+"case"``), or, where a turn takes many minutes (3D at full size on a CPU), one untimed patch per model and backend
+(``"tile"``: the allocator's, ONNX Runtime's and oneDNN's first-call set-up, without a second pass over the case). Without images, a random case of the plans' median size is
 timed (network only: there is no file to read or write).
 """
 
@@ -44,6 +46,7 @@ JSON_FILE = "efficiency.json"
 FIGURE_FILE = "efficiency.png"
 BACKENDS = ("pytorch", "onnx")
 PHASES = ("preprocessing", "network", "export")
+WARMUPS = ("case", "tile")
 
 
 @dataclass(frozen=True)
@@ -206,10 +209,13 @@ def measure_efficiency(
     num_cases: int = 1,
     repeats: int = 3,
     progress: bool = True,
+    warmup: str = "case",
 ) -> list[dict]:
     """One row per device, model and setting. With ``references``, the segmentations go to ``output/predictions``
     and are evaluated there."""
     settings = settings or [Setting("pytorch", False, 0.5)]
+    if warmup not in WARMUPS:
+        raise EvaluationError(f"warm-up {warmup!r}: choose among {list(WARMUPS)}")
     if references is not None and (images is None or output is None):
         raise EvaluationError("reference labels need the images they belong to (-i) and an output folder")
     if references is not None and not Path(references).is_dir():
@@ -236,6 +242,7 @@ def measure_efficiency(
                 num_cases,
                 repeats,
                 progress,
+                warmup,
             )
             del loaded
         if device.type == "cuda":
@@ -272,13 +279,27 @@ def _preprocess(model: _Loaded, files: list[str] | None) -> tuple[torch.Tensor, 
     return data, properties, time.perf_counter() - start
 
 
-def _measure_device(loaded, settings, device, images, references, output, num_cases, repeats, progress) -> list[dict]:
+def _warm_up_on_a_tile(loaded: list[_Loaded], settings: list[Setting], device: torch.device) -> None:
+    for model in loaded:
+        for backend in dict.fromkeys(s.backend for s in settings):
+            predictor = model.predictors[backend]
+            channels = len(predictor.dataset_json["channel_names"])
+            patch = [int(p) for p in predictor.configuration_manager.patch_size]
+            with torch.no_grad():
+                predictor.network(torch.zeros((1, channels, *patch), device=device))
+
+
+def _measure_device(
+    loaded, settings, device, images, references, output, num_cases, repeats, progress, warmup="case"
+) -> list[dict]:
     cases = _case_list(loaded[0].predictors["pytorch"], images, num_cases)
     total = repeats * len(cases) * len(loaded) * (len(settings) + 1)
     shapes: dict[str, list] = {m.spec.name: [] for m in loaded}
+    if warmup == "tile":
+        _warm_up_on_a_tile(loaded, settings, device)
     with tqdm(total=total, desc=f"efficiency ({device.type})", unit="run", disable=not progress) as bar:
         # one untimed turn on the first case first (allocator, ONNX Runtime's first-run set-up, cuDNN autotuning)
-        for repeat in range(-1, repeats):
+        for repeat in range(-1 if warmup == "case" else 0, repeats):
             timed = repeat >= 0
             for case, files in list(cases.items())[:1] if not timed else cases.items():
                 prepared = {}
@@ -387,7 +408,7 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def format_markdown(rows: list[dict], repeats: int, hardware_line: str) -> str:
+def format_markdown(rows: list[dict], repeats: int, hardware_line: str, warmup: str = "case") -> str:
     classes = sorted({name for r in rows if r["dice"] for name in r["dice"]})
     head = ["model", "device", "backend", "TTA", "step", "parameters", "GMACs / patch", "preprocessing (s)",
             "network (s)", "export (s)", "s / case", "× first", "peak memory (MiB)"]  # fmt: skip
@@ -413,7 +434,8 @@ def format_markdown(rows: list[dict], repeats: int, hardware_line: str) -> str:
     note = (
         f"{len(rows[0]['case_shapes'])} case(s), preprocessed shape(s) "
         f"{', '.join('×'.join(map(str, s)) for s in shapes)}; median of {repeats} turn(s) per case after one "
-        "untimed turn on the first case, models and settings measured alternately in one process. s / case = "
+        f"untimed {'turn on the first case' if warmup == 'case' else 'patch per model and backend'}, models and "
+        "settings measured alternately in one process. s / case = "
         "preprocessing + network (sliding window, incl. TTA and the fold ensemble) + export (resampling to the "
         "image grid, writing). Peak memory of the network phase: GPU max_memory_allocated; CPU peak resident set "
         "size of the process (+ growth during it). " + hardware_line + "."
