@@ -75,7 +75,8 @@ def median_native_spacing(labels: Path) -> PhantomSettings:
         spacing = reader.GetSpacing()
         slices.append(spacing[superior])
         in_plane.append(float(np.mean([s for axis, s in enumerate(spacing) if axis != superior])))
-    return PhantomSettings(in_plane_mm=round(float(np.median(in_plane)), 3), slice_mm=round(float(np.median(slices)), 3))
+    median_in_plane, median_slice = (round(float(np.median(values)), 3) for values in (in_plane, slices))
+    return PhantomSettings(in_plane_mm=median_in_plane, slice_mm=median_slice)
 
 
 def prepare_dataset(work: Path, labels: Path, cases: int, log) -> tuple[dict, Path]:

@@ -119,7 +119,8 @@ def _export(args: argparse.Namespace) -> None:
     if manifest["quantization"]:
         quantized = manifest["quantization"]
         print(
-            f"int8: calibrated on {len(quantized['calibration_cases'])} case(s), {quantized['calibration_tiles']} tiles; "
+            f"int8: calibrated on {len(quantized['calibration_cases'])} case(s), "
+            f"{quantized['calibration_tiles']} tiles; "
             "predict runs the int8 networks (--float: the float ones). Measure its Dice cost on a test set with "
             f"nnunet_hlfd efficiency float={args.model} int8={args.o} --backend onnx -i IMAGES -r LABELS --cases 0"
         )

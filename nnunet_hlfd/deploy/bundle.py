@@ -393,8 +393,11 @@ def _quantize_folds(predictor, quantization: Quantization, partial: Path, record
         float_onnx, int8_onnx = partial / fold_name(fold) / ONNX_FILE, partial / fold_name(fold) / INT8_FILE
         settings = quantize_int8(float_onnx, int8_onnx, tiles, INPUT_NAME)
         record["int8_vs_float"] = agreement = int8_agreement(float_onnx, int8_onnx, tiles, INPUT_NAME)
-        log(f"fold {fold}: int8 vs float on the {len(tiles)} calibration tiles: same class in "
-            f"{agreement['argmax_agreement']:.2%} of voxels, largest logit change {agreement['max_abs_logit_change']:.2g}")  # fmt: skip
+        log(
+            f"fold {fold}: int8 vs float on the {len(tiles)} calibration tiles: same class in "
+            f"{agreement['argmax_agreement']:.2%} of voxels, largest logit change "
+            f"{agreement['max_abs_logit_change']:.2g}"
+        )
     return {
         **settings,
         "network_file": INT8_FILE,

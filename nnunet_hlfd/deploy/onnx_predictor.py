@@ -121,7 +121,8 @@ def load_bundle_predictor(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeployError("-device cuda: PyTorch sees no CUDA GPU here; use -device cpu")
     chosen = manifest["chosen_folds"]
-    sessions = open_sessions(bundle, chosen, execution_providers(device, providers), network_file(manifest, float_network))
+    providers = execution_providers(device, providers)
+    sessions = open_sessions(bundle, chosen, providers, network_file(manifest, float_network))
     plans_manager = PlansManager(load_json(str(bundle / "plans.json")))
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's note that a CPU predictor works off the device
         predictor = nnUNetPredictor(

@@ -16,8 +16,8 @@ Dice: what a faster setting costs in accuracy.
 Models and settings are measured in turns within each case and repeat, so drifting machine load hits all alike;
 times are medians over repeats, averaged over cases. Before timing, one untimed turn on the first case (``warmup
 "case"``), or, where a turn takes many minutes (3D at full size on a CPU), one untimed patch per model and backend
-(``"tile"``: the allocator's, ONNX Runtime's and oneDNN's first-call set-up, without a second pass over the case). Without images, a random case of the plans' median size is
-timed (network only: there is no file to read or write).
+(``"tile"``: the allocator's, ONNX Runtime's and oneDNN's first-call set-up, without a second pass over the case).
+Without images, a random case of the plans' median size is timed (network only: there is no file to read or write).
 """
 
 from __future__ import annotations
@@ -423,8 +423,9 @@ def format_markdown(rows: list[dict], repeats: int, hardware_line: str, warmup: 
             memory += f" (+{r['memory_growth_mib']:.0f})"
         dice = [("–" if not r["dice"] or r["dice"].get(c) is None else f"{r['dice'][c]:.3f}") for c in classes]
         folds = "" if r["folds"] == ["0"] else f" (folds {', '.join(r['folds'])})"
+        backend = r["backend"] + (" int8" if r.get("precision") == "int8" else "")
         cells = [
-            r["model"] + folds, r["device"], r["backend"] + (" int8" if r.get("precision") == "int8" else ""), "on" if r["tta"] else "off", f"{r['step_size']:g}",
+            r["model"] + folds, r["device"], backend, "on" if r["tta"] else "off", f"{r['step_size']:g}",
             f"{r['parameters']:,}", f"{r['macs_per_patch'] / 1e9:.3f}", _seconds(r["seconds"]["preprocessing"]),
             _seconds(r["seconds"]["network"]), _seconds(r["seconds"]["export"]), f"{r['seconds_per_case']:.3f}",
             f"{ratio:.2f}", memory, *dice,
