@@ -7,7 +7,9 @@
 3. ``nnUNet_compile=t`` with a hooked student (HLFD at width 0.25, its feature taps registered before the compiled
    first call);
 4. the efficiency table (``nnunet_hlfd efficiency``) of teacher, w0.5 and w0.25 with PyTorch and ONNX Runtime
-   (the CUDA provider where the installed onnxruntime has it; ONNX Runtime on the CPU otherwise).
+   (the CUDA provider where the installed onnxruntime has it; ONNX Runtime on the CPU otherwise);
+5. ONNX Runtime's IO binding (tiles and logits stay on the GPU) against host copies, on the w0.5 student's bundle
+   (:mod:`nnunet_hlfd.benchmark.io_binding`), on the device when ONNX Runtime's CUDA provider is there.
 
 ``benchmarks/gpu_check.sh`` runs it; ``--device cpu --quick`` runs the same steps on tiny schedules on a CPU, which is
 how CI keeps it working. Every step is run even if an earlier one failed (its exit code is recorded); the report,
@@ -146,6 +148,23 @@ class Check:
             self.run("efficiency_cpu", [*command, "--backend", "pytorch", "onnx", "--device", "cpu",
                                         "-o", str(self.out / "efficiency_cpu")])  # fmt: skip
 
+    def io_binding(self) -> None:
+        import onnxruntime
+
+        from nnunet_hlfd.runtime import model_folder
+
+        dataset = f"Dataset{DATASET_ID}_{DATASET_NAME}"
+        student = model_folder(self.work / "nnUNet_results", dataset, "nnUNetTrainerHLFD", "nnUNetPlans", CONFIGURATION)
+        bundle = self.out / "bundle_w05"
+        cli = [sys.executable, "-m", "nnunet_hlfd.cli.main"]
+        if self.run("export_w05", [*cli, "export", str(student), "-f", "0", "-o", str(bundle)]) != 0:
+            return
+        device = self.device
+        if device == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            device = "cpu"  # without the CUDA provider there is no device memory to bind: the host path, measured
+        self.run(f"io_binding_{device}", [sys.executable, "-m", "nnunet_hlfd.benchmark.io_binding", str(bundle),
+                                          "--device", device, "--repeats", "3" if self.quick else "20"])  # fmt: skip
+
     # ---- the report ------------------------------------------------------------------------------------------
     def report(self, started: float) -> bool:
         import torch
@@ -166,7 +185,7 @@ class Check:
             lines.append(f"| {step['name']} | {step['exit_code']}{mark} | {step['seconds']:.0f} | "
                          f"`{(env + ' ') if env else ''}{step['command']}` |")  # fmt: skip
         for step in self.steps:
-            if step["name"] == "step_overhead" or step["name"].startswith("efficiency"):
+            if step["name"] == "step_overhead" or step["name"].startswith(("efficiency", "io_binding")):
                 text = Path(step["log"]).read_text()
                 tables = "\n".join(line for line in text.splitlines() if line.startswith("|") or "Hardware" in line)
                 lines += ["", f"## {step['name']}", "", tables or "(no table: see the log)"]
@@ -198,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     check.dataset()
     check.training()
     check.efficiency()
+    check.io_binding()
     ok = check.report(started)
     print(f"[gpu_check] {'all steps passed' if ok else 'some steps FAILED'}; report: {args.out / 'gpu_check.md'}")
     print((args.out / "gpu_check.md").read_text())

@@ -14,6 +14,7 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nnunet_hlfd.deploy.bundle import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, fold_name, read_bundle
@@ -60,12 +61,19 @@ def execution_providers(device: torch.device, requested: list[str] | None) -> li
 
 
 class OnnxNetwork(torch.nn.Module):
-    """The network call of nnU-Net's predictor, run by ONNX Runtime: one session per fold."""
+    """The network call of nnU-Net's predictor, run by ONNX Runtime: one session per fold.
 
-    def __init__(self, sessions: dict[str, object]) -> None:
+    Tiles are handed over with ONNX Runtime's IO binding: the session reads the tile's memory and writes the logits
+    into a tensor allocated here, on the tile's device when its provider runs there (CUDA: no trip through host
+    memory), on the host otherwise. ``io_binding = False`` goes through NumPy arrays on the host instead (the path
+    the GPU check compares it with)."""
+
+    def __init__(self, sessions: dict[str, object], output_channels: int, io_binding: bool = True) -> None:
         super().__init__()
         self.sessions = sessions
         self.fold = next(iter(sessions))
+        self.output_channels = output_channels
+        self.io_binding = io_binding
 
     def load_state_dict(self, fold: str, strict: bool = True, assign: bool = False):  # noqa: ARG002
         """nnU-Net's predictor 'loads the weights' of each fold in turn (its ``list_of_parameters``): the fold names
@@ -73,8 +81,22 @@ class OnnxNetwork(torch.nn.Module):
         self.fold = fold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.sessions[self.fold].run([OUTPUT_NAME], {INPUT_NAME: x.detach().to("cpu", torch.float32).numpy()})
-        return torch.from_numpy(logits[0]).to(x.device)
+        session = self.sessions[self.fold]
+        if not self.io_binding:
+            logits = session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().to("cpu", torch.float32).numpy()})
+            return torch.from_numpy(logits[0]).to(x.device)
+        on_device = x.device.type == "cuda" and CUDA_PROVIDER in session.get_providers()
+        tile = x.detach().to(x.device if on_device else "cpu", torch.float32).contiguous()
+        logits = torch.empty((tile.shape[0], self.output_channels, *tile.shape[2:]), dtype=torch.float32,
+                             device=tile.device)  # fmt: skip
+        where = ("cuda", tile.device.index or 0) if on_device else ("cpu", 0)
+        binding = session.io_binding()
+        binding.bind_input(INPUT_NAME, *where, np.float32, tuple(tile.shape), tile.data_ptr())
+        binding.bind_output(OUTPUT_NAME, *where, np.float32, tuple(logits.shape), logits.data_ptr())
+        if on_device:
+            torch.cuda.current_stream(tile.device).synchronize()  # the tile is written before ONNX Runtime reads it
+        session.run_with_iobinding(binding)  # returns once the logits are written, on the device too
+        return logits.to(x.device)
 
 
 def network_file(manifest: dict, float_network: bool = False) -> str:
@@ -137,7 +159,7 @@ def load_bundle_predictor(
     compile_flag = os.environ.pop("nnUNet_compile", None)  # torch.compile cannot trace into ONNX Runtime
     try:
         predictor.manual_initialization(
-            OnnxNetwork(sessions),
+            OnnxNetwork(sessions, manifest["output_channels"]),
             plans_manager,
             plans_manager.get_configuration(manifest["configuration"]),
             list(chosen),

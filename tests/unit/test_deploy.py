@@ -479,3 +479,24 @@ def test_int8_export_refuses_bad_calibration_before_writing(quantized, tmp_path,
     err = capsys.readouterr().err
     assert re.search(message, err) and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "bundle").exists() and not list(tmp_path.glob(".partial*"))
+
+
+def test_io_binding_hands_tiles_to_onnx_runtime_as_the_host_copy_does(exported):
+    """The bound call (the default) returns exactly what ONNX Runtime's plain run on a NumPy copy returns, also for
+    a tile that is a view into a larger case (nnU-Net's sliding window hands over slices)."""
+    _, bundle = exported
+    predictor = load_bundle_predictor(bundle, ["0", "1"], use_mirroring=False, allow_tqdm=False)
+    network = predictor.network
+    assert network.io_binding and network.output_channels == 3
+    case = torch.randn((1, 20, 40, 36), generator=torch.Generator().manual_seed(5))
+    tiles = torch.stack([case[:, :16, :32, :32], case[:, 4:, 8:, 4:]])  # a batch of two
+    view = case[None, :, 2:18, 3:35, 1:33]  # non-contiguous
+    assert not view.is_contiguous()
+    for fold in ("0", "1"):
+        network.load_state_dict(fold)
+        for x in (tiles, view):
+            network.io_binding = True
+            bound = network(x)
+            network.io_binding = False
+            assert torch.equal(bound, network(x)) and bound.shape == (x.shape[0], 3, 16, 32, 32)
+    network.io_binding = True

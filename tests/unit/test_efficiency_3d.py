@@ -11,6 +11,7 @@ from nnunet_hlfd.benchmark.efficiency_3d import (
     CONFIGURATION,
     median_native_spacing,
     speedups,
+    summary,
     tiles_per_case,
     untrained_model,
 )
@@ -81,11 +82,19 @@ def test_speedups_are_against_the_teacher_of_the_same_setting():
     assert "| pytorch, TTA on, step 0.5 | teacher | 100.0 | 1.00× | 2% | 96% | 2% |" in table
 
 
-def test_a_tile_warm_up_times_every_turn_and_a_bad_warm_up_is_refused(tmp_path):
-    folder = untrained_model(tmp_path / "teacher", tiny_plans(), TINY_DATASET_JSON, 1.0)
+def test_a_tile_warm_up_times_every_turn_and_the_summary_reports_it(tmp_path):
+    plans = tiny_plans()
+    models = [ModelSpec(name, untrained_model(tmp_path / name, plans, TINY_DATASET_JSON, width))
+              for name, width in (("teacher", 1.0), ("w0.5", 0.5))]  # fmt: skip
     settings = [Setting("pytorch", False, 0.5), Setting("onnx", False, 0.5)]
-    rows = measure_efficiency([ModelSpec("teacher", folder)], ["cpu"], settings, repeats=2, progress=False,
-                              warmup="tile")  # fmt: skip
-    assert [(r["backend"], r["seconds"]["network"] > 0) for r in rows] == [("pytorch", True), ("onnx", True)]
+    rows = measure_efficiency(models, ["cpu"], settings, repeats=2, progress=False, warmup="tile")
+    assert [(r["model"], r["backend"]) for r in rows] == [
+        ("teacher", "pytorch"), ("w0.5", "pytorch"), ("teacher", "onnx"), ("w0.5", "onnx")
+    ]  # fmt: skip
+    assert all(r["seconds"]["network"] > 0 and r["seconds"]["preprocessing"] is not None for r in rows)
+    text = summary(plans, rows, {0.5: [1]}, 1.5, "Settings: two.", "CPU: test")
+    assert "patch [16, 32, 32], features [8, 16, 32, 64]" in text and "step 0.5: [1]" in text
+    assert "| pytorch, TTA off, step 0.5 | teacher |" in text and "1.00× |" in text
+    assert "after one untimed patch per model and backend" in text and "Whole run: 1.5 min." in text
     with pytest.raises(EvaluationError, match="warm-up 'none'"):
-        measure_efficiency([ModelSpec("teacher", folder)], ["cpu"], settings, warmup="none")
+        measure_efficiency(models, ["cpu"], settings, warmup="none")
