@@ -28,9 +28,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     export.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint to export (default: %(default)s)")
     export.add_argument(
         "--quantize",
-        choices=["int8"],
-        help="also write each fold's int8 network (ONNX Runtime static quantization, QDQ), calibrated on training "
-        "images; predict runs it. Its cost in Dice: measure it with nnunet_hlfd efficiency on a test set",
+        choices=["int8", "fp16"],
+        help="also write each fold's int8 network (for CPUs: ONNX Runtime static quantization, QDQ, calibrated on "
+        "training images) or float16 network (for GPUs); predict runs it. Its cost in Dice: measure it with "
+        "nnunet_hlfd efficiency on a test set",
     )
     export.add_argument(
         "--calibration_images",
@@ -64,7 +65,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--float",
         action="store_true",
         dest="float_network",
-        help="run the float networks of a bundle exported with --quantize int8 (default: its int8 networks)",
+        help="run the float networks of a bundle exported with --quantize (default: its int8 or fp16 networks)",
     )
     predict.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (default: %(default)s)")
     predict.add_argument("--disable_tta", action="store_true", help="no mirroring: faster, usually a little worse")
@@ -118,11 +119,15 @@ def _export(args: argparse.Namespace) -> None:
     )
     if manifest["quantization"]:
         quantized = manifest["quantization"]
+        calibrated = ""
+        if "calibration_cases" in quantized:
+            calibrated = (
+                f"calibrated on {len(quantized['calibration_cases'])} case(s), {quantized['calibration_tiles']} tiles; "
+            )
         print(
-            f"int8: calibrated on {len(quantized['calibration_cases'])} case(s), "
-            f"{quantized['calibration_tiles']} tiles; "
-            "predict runs the int8 networks (--float: the float ones). Measure its Dice cost on a test set with "
-            f"nnunet_hlfd efficiency float={args.model} int8={args.o} --backend onnx -i IMAGES -r LABELS --cases 0"
+            f"{args.quantize}: {calibrated}predict runs the {args.quantize} networks (--float: the float ones). "
+            f"Measure its Dice cost on a test set with nnunet_hlfd efficiency float={args.model} "
+            f"{args.quantize}={args.o} --backend onnx -i IMAGES -r LABELS --cases 0"
         )
     print(
         f"predict: nnunet_hlfd predict {args.o} -i IMAGES -o OUT   (or nnUNetv2_predict_from_modelfolder -m {args.o})"

@@ -7,8 +7,9 @@
       plans.json  dataset.json     as in the results folder (nnU-Net's preprocessing and export read them)
       fold_X/network.onnx          the network without deep-supervision heads; dynamic batch, the plans' patch size
       fold_X/checkpoint_final.pth  weights only (no optimizer, no distillation adapters, no logs)
-      fold_X/network_int8.onnx     with --quantize int8: the network quantized (QDQ), calibrated on training cases;
-                                   ``predict`` runs it (``--float``: the float one)
+      fold_X/network_int8.onnx     with --quantize int8: the network quantized (QDQ), calibrated on training cases
+      fold_X/network_fp16.onnx     with --quantize fp16: float16 weights and activations (for GPUs);
+                                   ``predict`` runs either (``--float``: the float one)
 
 The folder is also an nnU-Net model folder: ``nnUNetv2_predict_from_modelfolder -m BUNDLE -f X`` loads it. When the
 trainer builds nnU-Net's network from the plans (every trainer of this package, and nnU-Net's own), the checkpoint
@@ -43,13 +44,15 @@ import torch
 from nnunet_hlfd.deploy.quantize import (
     DEFAULT_CALIBRATION_CASES,
     INT8,
-    INT8_FILE,
+    NETWORK_FILES,
     QUANTIZATIONS,
+    agreement,
     calibration_cases,
     calibration_tiles,
+    convert_fp16,
     default_calibration_images,
-    int8_agreement,
     quantize_int8,
+    random_tiles,
 )
 from nnunet_hlfd.errors import DeployError
 from nnunet_hlfd.files import file_sha256, output_folder
@@ -266,7 +269,10 @@ def _refuse_before_writing(
     output_folder(output)  # not below a file
     for path in files.values():
         _load_checkpoint(path)  # before nnU-Net's loader reads it: a truncated file is refused with its name
-    if quantization is not None:
+    if quantization is not None and quantization.kind != INT8:
+        if quantization.images is not None or quantization.case_count != DEFAULT_CALIBRATION_CASES:
+            raise DeployError(f"--quantize {quantization.kind} needs no calibration: drop --calibration_images/_cases")
+    elif quantization is not None:
         dataset_json = json.loads((folder / "dataset.json").read_text())
         images = quantization.images or default_calibration_images(folder)
         quantization.cases = calibration_cases(images, dataset_json, quantization.case_count)
@@ -348,7 +354,7 @@ def export_bundle(
                 f"{record['onnx_vs_pytorch_max_abs']:.2g}")  # fmt: skip
         quantized = None
         if quantization is not None:
-            quantized = _quantize_folds(predictor, quantization, partial, records, log)
+            quantized = _quantize_folds(predictor, quantization, partial, records, (1, channels, *patch), log)
         hashed = sorted(str(p.relative_to(partial)) for p in partial.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
@@ -383,28 +389,37 @@ def export_bundle(
     return manifest
 
 
-def _quantize_folds(predictor, quantization: Quantization, partial: Path, records: dict, log) -> dict:
-    """Each fold's int8 network beside its float one, calibrated on the same tiles; the agreement of the two goes
-    into the fold's record. Returns the manifest's ``quantization``."""
-    log(f"int8: calibrating on {len(quantization.cases)} case(s) of {quantization.images}")
-    tiles = calibration_tiles(predictor, quantization.cases)
+def _quantize_folds(
+    predictor, quantization: Quantization, partial: Path, records: dict, input_shape: tuple, log
+) -> dict:
+    """Each fold's reduced-precision network beside its float one; the agreement of the two goes into the fold's
+    record. Returns the manifest's ``quantization``."""
+    kind, file = quantization.kind, NETWORK_FILES[quantization.kind]
+    if kind == INT8:
+        log(f"int8: calibrating on {len(quantization.cases)} case(s) of {quantization.images}")
+        tiles, where = calibration_tiles(predictor, quantization.cases), "calibration tiles"
+    else:
+        tiles, where = random_tiles(input_shape), "random patches"
     settings = {}
     for fold, record in records.items():
-        float_onnx, int8_onnx = partial / fold_name(fold) / ONNX_FILE, partial / fold_name(fold) / INT8_FILE
-        settings = quantize_int8(float_onnx, int8_onnx, tiles, INPUT_NAME)
-        record["int8_vs_float"] = agreement = int8_agreement(float_onnx, int8_onnx, tiles, INPUT_NAME)
+        float_onnx, reduced_onnx = partial / fold_name(fold) / ONNX_FILE, partial / fold_name(fold) / file
+        if kind == INT8:
+            settings = quantize_int8(float_onnx, reduced_onnx, tiles, INPUT_NAME)
+        else:
+            settings = convert_fp16(float_onnx, reduced_onnx)
+        record[f"{kind}_vs_float"] = agreed = agreement(float_onnx, reduced_onnx, tiles, INPUT_NAME)
         log(
-            f"fold {fold}: int8 vs float on the {len(tiles)} calibration tiles: same class in "
-            f"{agreement['argmax_agreement']:.2%} of voxels, largest logit change "
-            f"{agreement['max_abs_logit_change']:.2g}"
+            f"fold {fold}: {kind} vs float on {len(tiles)} {where}: same class in {agreed['argmax_agreement']:.2%} of "
+            f"voxels, largest logit change {agreed['max_abs_logit_change']:.2g}"
         )
-    return {
-        **settings,
-        "network_file": INT8_FILE,
-        "calibration_images": str(Path(quantization.images).resolve()),
-        "calibration_cases": sorted(quantization.cases),
-        "calibration_tiles": len(tiles),
-    }
+    calibration = {}
+    if kind == INT8:
+        calibration = {
+            "calibration_images": str(Path(quantization.images).resolve()),
+            "calibration_cases": sorted(quantization.cases),
+            "calibration_tiles": len(tiles),
+        }
+    return {**settings, "network_file": file, **calibration}
 
 
 def _move_into_place(partial: Path, output: Path) -> None:

@@ -1,4 +1,5 @@
-"""int8 networks for a deploy bundle: ONNX Runtime's static quantization (QDQ), calibrated on real cases.
+"""Reduced-precision networks for a deploy bundle: int8 for CPUs (ONNX Runtime's static quantization, QDQ, calibrated
+on real cases) and float16 for GPUs.
 
 Static quantization needs the range of every activation; it is measured on the tiles nnU-Net's sliding window
 feeds the network (the same preprocessing, padding and tile positions as in prediction) of a few training cases of
@@ -7,8 +8,12 @@ the dataset, never its test cases. Weights are quantized per output channel (sig
 Only convolutions and transposed convolutions are quantized: instance normalisation and the nonlinearity run in
 float between them, which keeps the per-case statistics of ``InstanceNormalization`` exact.
 
-What it costs is measured where it matters, in Dice on a test set (``nnunet_hlfd efficiency`` with the bundle);
-at export, the int8 network's agreement with the float one on the calibration tiles is recorded and printed.
+float16 (``--quantize fp16``) converts weights and activations with ONNX Runtime's converter, inputs and outputs kept
+float32 so that nnU-Net's predictor is unchanged; it needs no calibration and pays off on GPUs (tensor cores).
+
+What either costs is measured where it matters, in Dice on a test set (``nnunet_hlfd efficiency`` with the bundle);
+at export, the network's agreement with the float one is recorded and printed: on the calibration tiles for int8,
+on two random patches for float16.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ import torch
 
 from nnunet_hlfd.errors import DeployError
 
-INT8 = "int8"
-QUANTIZATIONS = (INT8,)
-INT8_FILE = "network_int8.onnx"
+INT8, FP16 = "int8", "fp16"
+QUANTIZATIONS = (INT8, FP16)
+NETWORK_FILES = {INT8: "network_int8.onnx", FP16: "network_fp16.onnx"}
+INT8_FILE = NETWORK_FILES[INT8]
 QUANTIZED_OPS = ["Conv", "ConvTranspose"]
 DEFAULT_CALIBRATION_CASES = 4
 MAX_TILES_PER_CASE = 8  # evenly spaced over the case's sliding-window tiles: enough for min/max, bounded in 3D
@@ -125,8 +131,25 @@ def quantize_int8(float_onnx: Path, int8_onnx: Path, tiles: list[np.ndarray], in
     }
 
 
-def int8_agreement(float_onnx: Path, int8_onnx: Path, tiles: list[np.ndarray], input_name: str) -> dict:
-    """The int8 network against the float one on ``tiles``: voxels with the same argmax, largest |logit change|."""
+def convert_fp16(float_onnx: Path, fp16_onnx: Path) -> dict:
+    """``float_onnx`` with float16 weights and activations (float32 inputs and outputs); returns the settings."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet():
+        onnx.save(convert_float_to_float16(onnx.load(str(float_onnx)), keep_io_types=True), str(fp16_onnx))
+    return {"type": FP16, "format": "float16 weights and activations, float32 input and output"}
+
+
+def random_tiles(input_shape: tuple[int, ...], count: int = 2) -> list[np.ndarray]:
+    """``count`` seeded standard-normal patches of ``input_shape`` (batch 1): the agreement check without images."""
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((1, *input_shape[1:]), dtype=np.float32) for _ in range(count)]
+
+
+def agreement(float_onnx: Path, reduced_onnx: Path, tiles: list[np.ndarray], input_name: str) -> dict:
+    """A reduced-precision network against the float one on ``tiles``: voxels with the same argmax, largest
+    |logit change|."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -134,7 +157,7 @@ def int8_agreement(float_onnx: Path, int8_onnx: Path, tiles: list[np.ndarray], i
     options.log_severity_level = 3
     sessions = [
         onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for path in (float_onnx, int8_onnx)
+        for path in (float_onnx, reduced_onnx)
     ]
     same, total, largest = 0, 0, 0.0
     for tile in tiles:

@@ -378,7 +378,7 @@ def _row(model: _Loaded, setting: Setting, device, cases, shapes, references, ou
 
 
 def _precision(predictor) -> str:
-    """int8 for the ONNX Runtime predictor of a bundle exported with --quantize int8 (it runs those networks)."""
+    """int8 or fp16 for the ONNX Runtime predictor of a bundle exported with --quantize (it runs those networks)."""
     quantization = getattr(predictor, "bundle_manifest", {}).get("quantization")
     return quantization["type"] if quantization else "float32"
 
@@ -423,7 +423,7 @@ def format_markdown(rows: list[dict], repeats: int, hardware_line: str, warmup: 
             memory += f" (+{r['memory_growth_mib']:.0f})"
         dice = [("–" if not r["dice"] or r["dice"].get(c) is None else f"{r['dice'][c]:.3f}") for c in classes]
         folds = "" if r["folds"] == ["0"] else f" (folds {', '.join(r['folds'])})"
-        backend = r["backend"] + (" int8" if r.get("precision") == "int8" else "")
+        backend = r["backend"] + (f" {r['precision']}" if r.get("precision", "float32") != "float32" else "")
         cells = [
             r["model"] + folds, r["device"], backend, "on" if r["tta"] else "off", f"{r['step_size']:g}",
             f"{r['parameters']:,}", f"{r['macs_per_patch'] / 1e9:.3f}", _seconds(r["seconds"]["preprocessing"]),

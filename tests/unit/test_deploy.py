@@ -464,8 +464,9 @@ def test_predict_runs_the_int8_network_and_float_on_request(quantized, tmp_path)
         (["--quantize", "int8", "--calibration_images", "{empty}"], "no images ending in _0000.nii.gz"),
         (["--quantize", "int8", "--calibration_images", "{images}", "--calibration_cases", "0"], "at least one case"),
         (["--calibration_images", "{images}"], "add --quantize int8"),
+        (["--quantize", "fp16", "--calibration_images", "{images}"], "fp16 needs no calibration"),
     ],
-    ids=["no-images", "missing", "empty", "zero-cases", "no-quantize"],
+    ids=["no-images", "missing", "empty", "zero-cases", "no-quantize", "fp16-calibrated"],
 )
 def test_int8_export_refuses_bad_calibration_before_writing(quantized, tmp_path, capsys, monkeypatch, extra, message):
     from nnunetv2 import paths
@@ -500,3 +501,28 @@ def test_io_binding_hands_tiles_to_onnx_runtime_as_the_host_copy_does(exported):
             network.io_binding = False
             assert torch.equal(bound, network(x)) and bound.shape == (x.shape[0], 3, 16, 32, 32)
     network.io_binding = True
+
+
+def test_fp16_bundle_runs_float16_weights_with_float32_input_and_output(exported, tmp_path):
+    import onnx
+    from onnx import TensorProto
+
+    from nnunet_hlfd.deploy.quantize import NETWORK_FILES
+
+    results, bundle = exported
+    assert export_cli(results, tmp_path / "fp16", "--quantize", "fp16") == 0
+    manifest = read_bundle(tmp_path / "fp16")
+    assert manifest["quantization"]["type"] == "fp16" and "calibration_cases" not in manifest["quantization"]
+    model = onnx.load(str(tmp_path / "fp16" / "fold_0" / NETWORK_FILES["fp16"]))
+    weights = [i for i in model.graph.initializer if len(i.dims) > 1]
+    assert weights and all(i.data_type == TensorProto.FLOAT16 for i in weights)
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # nnU-Net's predictor unchanged
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert manifest["fold_records"]["0"]["fp16_vs_float"]["argmax_agreement"] > 0.99
+    case = random_case()
+    expected = load_bundle_predictor(bundle, ["0"], use_mirroring=False, allow_tqdm=False)
+    expected = expected.predict_logits_from_preprocessed_data(case)
+    got = load_bundle_predictor(tmp_path / "fp16", use_mirroring=False, allow_tqdm=False)
+    got = got.predict_logits_from_preprocessed_data(case)
+    # float16 keeps ~3 significant digits: logits of magnitude ~1 move by ~1e-3, never by a float32 rounding only
+    assert not torch.equal(got, expected) and torch.allclose(got, expected, atol=0.05, rtol=0.05)
