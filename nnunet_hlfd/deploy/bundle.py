@@ -50,6 +50,7 @@ from nnunet_hlfd.deploy.quantize import (
     calibration_cases,
     calibration_tiles,
     convert_fp16,
+    cross_validation_cases,
     default_calibration_images,
     quantize_int8,
     random_tiles,
@@ -274,8 +275,11 @@ def _refuse_before_writing(
             raise DeployError(f"--quantize {quantization.kind} needs no calibration: drop --calibration_images/_cases")
     elif quantization is not None:
         dataset_json = json.loads((folder / "dataset.json").read_text())
-        images = quantization.images or default_calibration_images(folder)
-        quantization.cases = calibration_cases(images, dataset_json, quantization.case_count)
+        if quantization.images is None:  # the dataset's imagesTr, of the cases its cross-validation folds hold
+            images, allowed = default_calibration_images(folder), cross_validation_cases(folder)
+        else:
+            images, allowed = quantization.images, None
+        quantization.cases = calibration_cases(images, dataset_json, quantization.case_count, allowed)
         quantization.images = images
     return files
 

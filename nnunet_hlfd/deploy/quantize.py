@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -40,17 +41,32 @@ MAX_TILES_PER_CASE = 8  # evenly spaced over the case's sliding-window tiles: en
 
 def default_calibration_images(results_folder: Path) -> Path | None:
     """``$nnUNet_raw/DatasetXXX_Name/imagesTr`` of the results folder's dataset, if it is there."""
-    from nnunetv2 import paths
+    from nnunetv2.paths import nnUNet_raw
 
-    if paths.nnUNet_raw is None:
+    if not nnUNet_raw.is_set():
         return None
-    folder = Path(paths.nnUNet_raw) / Path(results_folder).resolve().parent.name / "imagesTr"
+    folder = Path(nnUNet_raw.get()) / Path(results_folder).resolve().parent.name / "imagesTr"
     return folder if folder.is_dir() else None
 
 
-def calibration_cases(images: Path | None, dataset_json: dict, count: int) -> dict[str, list[str]]:
-    """The first ``count`` cases (sorted) of ``images``, after checking that each is whole and has the model's
-    channels; refused with the fix before anything is written."""
+def cross_validation_cases(results_folder: Path) -> set[str] | None:
+    """Every case of the dataset's ``splits_final.json`` (training and validation of any fold), or None without one.
+    A test set held out of imagesTr (as the phantom benchmark holds it) is in no fold, so calibration never sees it."""
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    if not nnUNet_preprocessed.is_set():
+        return None
+    splits = Path(nnUNet_preprocessed.get()) / Path(results_folder).resolve().parent.name / "splits_final.json"
+    if not splits.is_file():
+        return None
+    return {case for fold in json.loads(splits.read_text()) for part in ("train", "val") for case in fold[part]}
+
+
+def calibration_cases(
+    images: Path | None, dataset_json: dict, count: int, allowed: set[str] | None = None
+) -> dict[str, list[str]]:
+    """The first ``count`` cases (sorted) of ``images`` (of ``allowed`` only, when given), after checking that each
+    is whole and has the model's channels; refused with the fix before anything is written."""
     from nnunet_hlfd.deploy.trained import checked_input_cases
 
     if images is None:
@@ -62,7 +78,15 @@ def calibration_cases(images: Path | None, dataset_json: dict, count: int) -> di
         raise DeployError(f"--calibration_cases {count}: calibrate on at least one case (default 4)")
     if not Path(images).is_dir():
         raise DeployError(f"--calibration_images {images} is not a folder")
-    return dict(sorted(checked_input_cases(Path(images), dataset_json).items())[:count])
+    cases = checked_input_cases(Path(images), dataset_json)
+    if allowed is not None:
+        cases = {case: files for case, files in cases.items() if case in allowed}
+        if not cases:
+            raise DeployError(
+                f"none of the cases in {images} is in the dataset's splits_final.json: pass the training images "
+                "with --calibration_images"
+            )
+    return dict(sorted(cases.items())[:count])
 
 
 def calibration_tiles(predictor, cases: dict[str, list[str]]) -> list[np.ndarray]:

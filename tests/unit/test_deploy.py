@@ -469,10 +469,8 @@ def test_predict_runs_the_int8_network_and_float_on_request(quantized, tmp_path)
     ids=["no-images", "missing", "empty", "zero-cases", "no-quantize", "fp16-calibrated"],
 )
 def test_int8_export_refuses_bad_calibration_before_writing(quantized, tmp_path, capsys, monkeypatch, extra, message):
-    from nnunetv2 import paths
-
     results, images, _ = quantized
-    monkeypatch.setattr(paths, "nnUNet_raw", str(tmp_path / "raw"))  # no imagesTr of this dataset there
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))  # no imagesTr of this dataset there
     (tmp_path / "empty").mkdir()
     folders = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "images": images}
     extra = [e.format(**folders) for e in extra]
@@ -524,5 +522,30 @@ def test_fp16_bundle_runs_float16_weights_with_float32_input_and_output(exported
     expected = expected.predict_logits_from_preprocessed_data(case)
     got = load_bundle_predictor(tmp_path / "fp16", use_mirroring=False, allow_tqdm=False)
     got = got.predict_logits_from_preprocessed_data(case)
-    # float16 keeps ~3 significant digits: logits of magnitude ~1 move by ~1e-3, never by a float32 rounding only
-    assert not torch.equal(got, expected) and torch.allclose(got, expected, atol=0.05, rtol=0.05)
+    # float16 keeps ~3 significant digits: logits move (it is not the float network), a few voxels by ~0.1 where
+    # activations of magnitude ~10 were rounded, the mean by far less, and the classes stay
+    difference = (got.float() - expected.float()).abs()
+    assert difference.max() > 0 and difference.mean() < 0.01
+    assert (got.argmax(0) == expected.argmax(0)).float().mean() > 0.99
+
+
+def test_int8_calibrates_by_default_on_the_cross_validation_cases_of_imagestr(quantized, tmp_path, monkeypatch):
+    """nnUNet_raw's imagesTr may hold a held-out test set (the phantom benchmark's does): the default calibration
+    takes only cases of the dataset's splits_final.json."""
+    import json as json_module
+
+    results, images, _ = quantized
+    raw, preprocessed = tmp_path / "raw" / "Dataset990_HLFDSynthetic", tmp_path / "pre" / "Dataset990_HLFDSynthetic"
+    shutil.copytree(images, raw / "imagesTr")  # case_a, case_b, case_c
+    preprocessed.mkdir(parents=True)
+    (preprocessed / "splits_final.json").write_text(json_module.dumps([{"train": ["case_c"], "val": ["case_b"]}]))
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    assert export_cli(results, tmp_path / "bundle", "--quantize", "int8") == 0
+    quantization = read_bundle(tmp_path / "bundle")["quantization"]
+    assert quantization["calibration_cases"] == ["case_b", "case_c"]  # never case_a, the "test" case
+    assert quantization["calibration_images"] == str((raw / "imagesTr").resolve())
+    # a split that names none of imagesTr's cases is refused before anything is written
+    (preprocessed / "splits_final.json").write_text(json_module.dumps([{"train": ["x"], "val": ["y"]}]))
+    assert export_cli(results, tmp_path / "other", "--quantize", "int8") == 2
+    assert not (tmp_path / "other").exists()
