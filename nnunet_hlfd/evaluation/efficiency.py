@@ -289,11 +289,18 @@ def _warm_up_on_a_tile(loaded: list[_Loaded], settings: list[Setting], device: t
                 predictor.network(torch.zeros((1, channels, *patch), device=device))
 
 
+def _measures(model: _Loaded, setting: Setting) -> bool:
+    """False for PyTorch on an int8/fp16 bundle: PyTorch would run the bundle's float checkpoint, a row of the float
+    model under the quantized one's name; only ONNX Runtime runs the quantized networks."""
+    return setting.backend == "onnx" or _precision(model.predictors.get("onnx")) == "float32"
+
+
 def _measure_device(
     loaded, settings, device, images, references, output, num_cases, repeats, progress, warmup="case"
 ) -> list[dict]:
     cases = _case_list(loaded[0].predictors["pytorch"], images, num_cases)
-    total = repeats * len(cases) * len(loaded) * (len(settings) + 1)
+    runs = sum(1 + sum(_measures(m, s) for s in settings) for m in loaded)
+    total = repeats * len(cases) * runs
     shapes: dict[str, list] = {m.spec.name: [] for m in loaded}
     if warmup == "tile":
         _warm_up_on_a_tile(loaded, settings, device)
@@ -311,7 +318,7 @@ def _measure_device(
                     if repeat == 0:
                         shapes[model.spec.name].append((case, list(data.shape[1:])))
                 for setting in settings:  # models and settings in turns: drifting load hits all alike
-                    for model in loaded:
+                    for model in (m for m in loaded if _measures(m, setting)):
                         predictor = model.predictors[setting.backend]
                         _configure(predictor, setting)
                         data, properties, _ = prepared[model.spec.name]
@@ -326,7 +333,12 @@ def _measure_device(
                                 model.times.setdefault((setting, "export", case), []).append(exported)
                             model.peaks.setdefault(setting, []).append(measured)
                             bar.update()
-    return [_row(model, setting, device, cases, shapes, references, output) for setting in settings for model in loaded]
+    return [
+        _row(model, setting, device, cases, shapes, references, output)
+        for setting in settings
+        for model in loaded
+        if _measures(model, setting)
+    ]
 
 
 def _median_per_case(model: _Loaded, setting, phase: str, cases) -> float | None:
@@ -379,7 +391,7 @@ def _row(model: _Loaded, setting: Setting, device, cases, shapes, references, ou
 
 def _precision(predictor) -> str:
     """int8 or fp16 for the ONNX Runtime predictor of a bundle exported with --quantize (it runs those networks)."""
-    quantization = getattr(predictor, "bundle_manifest", {}).get("quantization")
+    quantization = getattr(predictor, "bundle_manifest", None) and predictor.bundle_manifest.get("quantization")
     return quantization["type"] if quantization else "float32"
 
 

@@ -429,6 +429,21 @@ def test_int8_weights_are_per_channel_symmetric_int8_within_half_a_step(quantize
     assert checked == len(weights)
 
 
+def test_efficiency_times_an_int8_bundle_on_onnx_runtime_only_beside_its_float_model(quantized, tmp_path):
+    """PyTorch would run the int8 bundle's float checkpoint: no such row under the int8 name; its ONNX Runtime row
+    says int8."""
+    from nnunet_hlfd.evaluation.efficiency import ModelSpec, Setting, measure_efficiency
+
+    results, images, bundle = quantized
+    models = [ModelSpec("float", results, (0,)), ModelSpec("int8", bundle, (0,))]
+    settings = [Setting("pytorch", False, 0.5), Setting("onnx", False, 0.5)]
+    rows = measure_efficiency(models, ["cpu"], settings, images=images, num_cases=1, repeats=1, progress=False)
+    assert [(r["model"], r["backend"], r["precision"]) for r in rows] == [
+        ("float", "pytorch", "float32"), ("float", "onnx", "float32"), ("int8", "onnx", "int8")
+    ]  # fmt: skip
+    assert all(r["seconds"]["network"] > 0 for r in rows)
+
+
 def test_predict_runs_the_int8_network_and_float_on_request(quantized, tmp_path):
     from nnunet_hlfd.deploy.trained import preprocess_with_properties
 
