@@ -7,7 +7,8 @@
 # What it records (nnunet_hlfd/benchmark/gpu_check.py): the step-overhead benchmark on nnU-Net's default 2D/3D plans
 # under AMP; an HLFD training on 3d_fullres through nnUNetv2_train -device (stopped after epoch 1, resumed with --c)
 # and nnUNetv2_predict; nnUNet_compile=t with a hooked w0.25 student; the efficiency table of teacher, w0.5 and
-# w0.25 with PyTorch and ONNX Runtime. Exit code 0 only if every step did what it should.
+# w0.25 with PyTorch and ONNX Runtime; ONNX Runtime's IO binding and a float16 bundle of the w0.5 student (on the GPU
+# where the installed onnxruntime has the CUDA provider). Exit code 0 only if every step did what it should.
 #
 # The GPU machine lacks nnU-Net and this package's dependencies (../shared/docs/gpu-device.md): carry their wheels
 # in a folder and name it with HLFD_WHEELS=folder; they are installed with --no-deps (never touching its torch).

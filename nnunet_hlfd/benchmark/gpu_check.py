@@ -9,7 +9,9 @@
 4. the efficiency table (``nnunet_hlfd efficiency``) of teacher, w0.5 and w0.25 with PyTorch and ONNX Runtime
    (the CUDA provider where the installed onnxruntime has it; ONNX Runtime on the CPU otherwise);
 5. ONNX Runtime's IO binding (tiles and logits stay on the GPU) against host copies, on the w0.5 student's bundle
-   (:mod:`nnunet_hlfd.benchmark.io_binding`), on the device when ONNX Runtime's CUDA provider is there.
+   (:mod:`nnunet_hlfd.benchmark.io_binding`), on the device when ONNX Runtime's CUDA provider is there;
+6. the same bundle exported with ``--quantize fp16`` against the float one (time and Dice, ONNX Runtime on the same
+   device).
 
 ``benchmarks/gpu_check.sh`` runs it; ``--device cpu --quick`` runs the same steps on tiny schedules on a CPU, which is
 how CI keeps it working. Every step is run even if an earlier one failed (its exit code is recorded); the report,
@@ -149,8 +151,6 @@ class Check:
                                         "-o", str(self.out / "efficiency_cpu")])  # fmt: skip
 
     def io_binding(self) -> None:
-        import onnxruntime
-
         from nnunet_hlfd.runtime import model_folder
 
         dataset = f"Dataset{DATASET_ID}_{DATASET_NAME}"
@@ -159,11 +159,34 @@ class Check:
         cli = [sys.executable, "-m", "nnunet_hlfd.cli.main"]
         if self.run("export_w05", [*cli, "export", str(student), "-f", "0", "-o", str(bundle)]) != 0:
             return
-        device = self.device
-        if device == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            device = "cpu"  # without the CUDA provider there is no device memory to bind: the host path, measured
+        device = self._onnx_device()
         self.run(f"io_binding_{device}", [sys.executable, "-m", "nnunet_hlfd.benchmark.io_binding", str(bundle),
                                           "--device", device, "--repeats", "3" if self.quick else "20"])  # fmt: skip
+        self.fp16(student, bundle)
+
+    def fp16(self, student: Path, bundle: Path) -> None:
+        """The w0.5 bundle exported again with float16 networks, against the float one on ONNX Runtime: time and
+        Dice on the test cases (fp16 is for GPUs: on the CPU provider the step only checks that it runs)."""
+        fp16 = self.out / "bundle_w05_fp16"
+        cli = [sys.executable, "-m", "nnunet_hlfd.cli.main"]
+        export = [*cli, "export", str(student), "-f", "0", "-o", str(fp16), "--quantize", "fp16"]
+        if self.run("export_w05_fp16", export) != 0:
+            return
+        raw = self.work / "nnUNet_raw" / f"Dataset{DATASET_ID}_{DATASET_NAME}"
+        device = self._onnx_device()
+        measure = [*cli, "efficiency", f"float={bundle}", f"fp16={fp16}", "--backend", "onnx", "--device", device,
+                   "-i", str(raw / "imagesTs"), "-r", str(raw / "labelsTs"), "--cases", "0",
+                   "--repeats", "1" if self.quick else "3"]  # fmt: skip
+        self.run(f"efficiency_fp16_{device}", [*measure, "-o", str(self.out / f"efficiency_fp16_{device}")])
+
+    def _onnx_device(self) -> str:
+        """The device ONNX Runtime runs on: the GPU only where the installed onnxruntime has the CUDA provider (the
+        lent machine's is a CPU build unless onnxruntime-gpu is carried there)."""
+        import onnxruntime
+
+        if self.device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return "cuda"
+        return "cpu"
 
     # ---- the report ------------------------------------------------------------------------------------------
     def report(self, started: float) -> bool:
