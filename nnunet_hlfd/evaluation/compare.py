@@ -214,17 +214,16 @@ def teacher_leads(metric: str, teacher: float | None, student: float | None) -> 
     return (teacher > student) == HIGHER_IS_BETTER.get(metric, False)
 
 
-def gap_withheld(metric: str, teacher: dict, student_mean: float | None) -> str | None:
+def gap_withheld(metric: str, teacher: dict, student_mean: float | None, baseline: str = "student") -> str | None:
     """Why no gap recovered is shown for this metric (``teacher``: its row, with its paired test against the
-    student), or None when it is shown."""
+    ``baseline``, the student the gap is measured from), or None when it is shown."""
     if not teacher_leads(metric, teacher["mean"], student_mean):
-        return "the teacher is not better than the student"
+        return f"the teacher is not better than {baseline}"
     p = teacher.get("p_value")
     if p is None or p >= TIE_P:
         shown = "–" if p is None else f"{p:.2g}"
-        return (
-            f"teacher and student are tied within noise (paired p = {shown} ≥ {TIE_P}, n = {teacher['paired_cases']})"
-        )
+        n = teacher["paired_cases"]
+        return f"teacher and {baseline} are tied within noise (paired p = {shown} ≥ {TIE_P}, n = {n})"
     return None
 
 
@@ -295,7 +294,7 @@ def compare_runs(
                         paired_difference(run.values[cls][metric], by_name[baseline].values[cls][metric])
                     )
             base = stats[baseline]["mean"]
-            withheld = gap_withheld(metric, own[teacher], base) if teacher else None
+            withheld = gap_withheld(metric, own[teacher], base, baseline) if teacher else None
             for run in runs:
                 row = own[run.name]
                 compared = teacher is not None and run.name not in (baseline, teacher)
