@@ -33,6 +33,7 @@ DATASET_NAME = "HLFDGpuCheck"
 CONFIGURATION = "3d_fullres"
 TEACHER = "nnUNetTrainerHLFDTeacher"
 WIDTH_025_PLANS = "nnUNetPlans_w025"
+CLI = [sys.executable, "-m", "nnunet_hlfd.cli.main"]  # this package's command, from this Python
 
 
 def _schedule(quick: bool) -> dict:
@@ -126,8 +127,6 @@ class Check:
         self.train("hlfd_w025_compiled", "nnUNetTrainerHLFD", plans=WIDTH_025_PLANS, extra_env={"nnUNet_compile": "t"})
 
     def efficiency(self) -> None:
-        import onnxruntime
-
         from nnunet_hlfd.runtime import model_folder
 
         results = self.work / "nnUNet_results"
@@ -140,9 +139,9 @@ class Check:
         raw = self.work / "nnUNet_raw" / dataset
         common = ["-i", str(raw / "imagesTs"), "-r", str(raw / "labelsTs"), "--cases", "0", "--tta", "off", "on",
                   "--repeats", "1" if self.quick else "3"]  # fmt: skip
-        command = [sys.executable, "-m", "nnunet_hlfd.cli.main", "efficiency", *models, *common]
+        command = [*CLI, "efficiency", *models, *common]
         on_device = ["pytorch"]
-        if self.device == "cpu" or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        if self._onnx_device() == self.device:
             on_device.append("onnx")
         self.run(f"efficiency_{self.device}", [*command, "--backend", *on_device, "--device", self.device,
                                                "-o", str(self.out / f"efficiency_{self.device}")])  # fmt: skip
@@ -156,25 +155,22 @@ class Check:
         dataset = f"Dataset{DATASET_ID}_{DATASET_NAME}"
         student = model_folder(self.work / "nnUNet_results", dataset, "nnUNetTrainerHLFD", "nnUNetPlans", CONFIGURATION)
         bundle = self.out / "bundle_w05"
-        cli = [sys.executable, "-m", "nnunet_hlfd.cli.main"]
-        if self.run("export_w05", [*cli, "export", str(student), "-f", "0", "-o", str(bundle)]) != 0:
+        if self.run("export_w05", [*CLI, "export", str(student), "-f", "0", "-o", str(bundle)]) != 0:
             return
         device = self._onnx_device()
         self.run(f"io_binding_{device}", [sys.executable, "-m", "nnunet_hlfd.benchmark.io_binding", str(bundle),
                                           "--device", device, "--repeats", "3" if self.quick else "20"])  # fmt: skip
-        self.fp16(student, bundle)
+        self.fp16(student, bundle, device)
 
-    def fp16(self, student: Path, bundle: Path) -> None:
+    def fp16(self, student: Path, bundle: Path, device: str) -> None:
         """The w0.5 bundle exported again with float16 networks, against the float one on ONNX Runtime: time and
         Dice on the test cases (fp16 is for GPUs: on the CPU provider the step only checks that it runs)."""
         fp16 = self.out / "bundle_w05_fp16"
-        cli = [sys.executable, "-m", "nnunet_hlfd.cli.main"]
-        export = [*cli, "export", str(student), "-f", "0", "-o", str(fp16), "--quantize", "fp16"]
+        export = [*CLI, "export", str(student), "-f", "0", "-o", str(fp16), "--quantize", "fp16"]
         if self.run("export_w05_fp16", export) != 0:
             return
         raw = self.work / "nnUNet_raw" / f"Dataset{DATASET_ID}_{DATASET_NAME}"
-        device = self._onnx_device()
-        measure = [*cli, "efficiency", f"float={bundle}", f"fp16={fp16}", "--backend", "onnx", "--device", device,
+        measure = [*CLI, "efficiency", f"float={bundle}", f"fp16={fp16}", "--backend", "onnx", "--device", device,
                    "-i", str(raw / "imagesTs"), "-r", str(raw / "labelsTs"), "--cases", "0",
                    "--repeats", "1" if self.quick else "3"]  # fmt: skip
         self.run(f"efficiency_fp16_{device}", [*measure, "-o", str(self.out / f"efficiency_fp16_{device}")])
